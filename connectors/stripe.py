@@ -1,0 +1,176 @@
+"""Stripe: ``Stripe-Signature`` webhooks and the ``/v1/events`` listing.
+
+The dedup key is the event id (``evt_…``): ``/v1/events`` returns the same
+event objects that webhooks carry, so both streams agree on it.
+
+``/v1/events`` lists newest first and pages with ``starting_after`` (an
+object id, so events that appear while paging cannot shift a page). A run
+fixes its window with inclusive ``created[gte]`` and ``created[lte]`` bounds;
+several events in one second are therefore all inside the window, and the
+database drops the ones already stored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ConfigDict
+
+from connectors.base import Connector, EventRecord, Page, PageRequest, Window, dump_json
+from connectors.signing import hmac_sha256, matches_any
+from syncd.errors import PayloadError, ResponseError, SignatureError, TimestampError
+
+SIGNATURE_HEADER = "stripe-signature"
+
+
+class StripeOptions(BaseModel):
+    """Keys of a Stripe provider table beyond the common ones."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_types: list[str] = []
+
+
+class StripeConnector(Connector):
+    """Stripe events through webhooks and ``GET /v1/events``."""
+
+    name = "stripe"
+    default_api_base_url = "https://api.stripe.com"
+    Options = StripeOptions
+    retention = timedelta(days=30)
+
+    def verify_webhook(
+        self, headers: Mapping[str, str], body: bytes, now: float
+    ) -> None:
+        secret = self.provider.webhook_secret
+        if secret is None:
+            raise SignatureError("webhooks are off for this provider")
+        timestamp, signatures = parse_signature_header(headers.get(SIGNATURE_HEADER))
+
+        expected = hmac_sha256(
+            secret.get_secret_value().encode(), f"{timestamp}.".encode() + body
+        ).hex()
+        if not matches_any(expected, signatures):
+            raise SignatureError(
+                "no v1 signature in the Stripe-Signature header matches the body; "
+                "check that webhook_secret is this endpoint's signing secret"
+            )
+
+        tolerance = self.provider.signature_tolerance.total_seconds()
+        if abs(now - timestamp) > tolerance:
+            raise TimestampError(
+                f"signed timestamp {timestamp} is {now - timestamp:+.0f}s from "
+                f"this host's clock, outside the {tolerance:.0f}s tolerance; "
+                "a replay, or this host's clock is skewed"
+            )
+
+    def parse_webhook(
+        self, headers: Mapping[str, str], body: bytes
+    ) -> list[EventRecord]:
+        try:
+            event = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise PayloadError(f"body is not valid JSON: {exc}") from None
+        try:
+            record = self.event_record(event, body.decode("utf-8"))
+        except ValueError as exc:
+            raise PayloadError(str(exc)) from None
+        return [record]
+
+    def first_request(self, listing: str, window: Window) -> PageRequest:
+        params = [("limit", str(min(self.provider.page_size, 100)))]
+        if window.since is not None:
+            params.append(("created[gte]", str(math.floor(window.since.timestamp()))))
+        params.append(("created[lte]", str(math.ceil(window.until.timestamp()))))
+        params.extend(("types[]", name) for name in self.options.event_types)
+        return PageRequest(url="/v1/events", params=tuple(params))
+
+    def parse_page(
+        self, listing: str, request: PageRequest, response: httpx.Response
+    ) -> Page:
+        body = _json_object(response)
+        data, has_more = body.get("data"), body.get("has_more")
+        if body.get("object") != "list" or not isinstance(data, list):
+            raise ResponseError("expected a list object with a 'data' array")
+        if not isinstance(has_more, bool):
+            raise ResponseError("expected a boolean 'has_more'")
+
+        records = []
+        for item in data:
+            try:
+                records.append(self.event_record(item, dump_json(item)))
+            except ValueError as exc:
+                raise ResponseError(f"invalid event in 'data': {exc}") from None
+
+        if not has_more:
+            return Page(records=records, next=None)
+        if not records:
+            raise ResponseError("'has_more' is true but 'data' is empty")
+        params = [p for p in request.params if p[0] != "starting_after"]
+        params.append(("starting_after", records[-1].key))
+        return Page(records=records, next=PageRequest(request.url, tuple(params)))
+
+    def event_record(self, event: Any, payload: str) -> EventRecord:
+        """Build the record of one Stripe event object; raise ValueError if invalid."""
+        if not isinstance(event, dict) or event.get("object") != "event":
+            raise ValueError("expected a Stripe event object ('object': 'event')")
+        event_id, kind, created = event.get("id"), event.get("type"), event.get("created")
+        if not isinstance(event_id, str) or not event_id:
+            raise ValueError("event has no string 'id'")
+        if not isinstance(kind, str) or not kind:
+            raise ValueError(f"event {event_id} has no string 'type'")
+        if not isinstance(created, int) or isinstance(created, bool):
+            raise ValueError(f"event {event_id} has no integer 'created'")
+
+        resource = None
+        target = (event.get("data") or {}).get("object")
+        if isinstance(target, dict) and "id" in target:
+            resource = f"{target.get('object', 'object')}:{target['id']}"
+        return EventRecord(
+            key=event_id,
+            type=kind,
+            occurred_at=datetime.fromtimestamp(created, UTC),
+            payload=payload,
+            resource=resource,
+            version=str(created),
+        )
+
+
+def parse_signature_header(value: str | None) -> tuple[int, list[str]]:
+    """Split ``t=…,v1=…,v1=…`` into the timestamp and every v1 signature."""
+    if not value:
+        raise SignatureError("missing Stripe-Signature header")
+    timestamp: int | None = None
+    signatures = []
+    for item in value.split(","):
+        name, _, text = item.strip().partition("=")
+        if name == "t":
+            try:
+                timestamp = int(text)
+            except ValueError:
+                raise SignatureError(
+                    f"invalid timestamp {text[:20]!r} in Stripe-Signature header"
+                ) from None
+        elif name == "v1":
+            signatures.append(text)
+    if timestamp is None:
+        raise SignatureError("Stripe-Signature header has no t= timestamp")
+    if not signatures:
+        raise SignatureError("Stripe-Signature header has no v1= signature")
+    return timestamp, signatures
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        kind = response.headers.get("content-type", "no content type")
+        raise ResponseError(f"response is not JSON ({kind})") from None
+    if not isinstance(body, dict):
+        raise ResponseError(f"expected a JSON object, got {type(body).__name__}")
+    return body

@@ -1,0 +1,431 @@
+"""The ``syncd`` command line: parsing and printing only."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any, NoReturn
+
+import click
+import httpx
+
+from syncd import __version__, logs, queries
+from syncd import config as config_module
+from syncd.errors import EXIT_CONFIG, ConfigError, StoreUnavailableError
+from syncd.polling import RunReport
+from syncd.runtime import Runtime
+from syncd.units import parse_time, to_utc_iso
+
+CONFIG_HELP = (
+    "Configuration file [default: $SYNCD_CONFIG, then /etc/syncd/config.toml]."
+)
+
+
+def _config_option(function: Any) -> Any:
+    return click.option(
+        "-c",
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help=CONFIG_HELP,
+    )(function)
+
+
+def _json_option(function: Any) -> Any:
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print machine-readable JSON."
+    )(function)
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _load_config(path: str | None) -> config_module.Config:
+    try:
+        return config_module.load(path)
+    except ConfigError as exc:
+        click.echo("error: invalid configuration:", err=True)
+        for problem in exc.problems:
+            click.echo(f"  - {problem}", err=True)
+        sys.exit(EXIT_CONFIG)
+
+
+def _open(path: str | None) -> Runtime:
+    config = _load_config(path)
+    try:
+        return Runtime.open(config)
+    except StoreUnavailableError as exc:
+        _fail(str(exc))
+
+
+def _when(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_time(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=name) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="syncd")
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    help="Lowest level of log records written to standard error.",
+)
+def main(log_level: str) -> None:
+    """Keep one deduplicated log of provider events from webhooks and polling."""
+    logs.configure(log_level)
+
+
+@main.command()
+@_config_option
+def run(config_path: str | None) -> None:
+    """Run the daemon in the foreground until SIGTERM or SIGINT.
+
+    Serves webhooks on [daemon] listen, polls providers without webhooks every
+    poll_interval, and reconciles the others every reconcile_interval.
+    """
+    from syncd.daemon import Daemon
+
+    runtime = _open(config_path)
+    warning = config_module.warn_if_world_readable(runtime.config)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
+    Daemon(runtime).run()
+
+
+@main.command()
+@_config_option
+@click.option(
+    "--provider",
+    "providers",
+    multiple=True,
+    metavar="NAME",
+    help="Reconcile only this provider (repeatable) [default: all].",
+)
+@click.option(
+    "--since",
+    metavar="WHEN",
+    help="Start of the window: ISO 8601 time or a duration ago such as "
+    "'6h' [default: reconcile_window ago, or the end of the last "
+    "reconcile].",
+)
+@click.option(
+    "--until",
+    metavar="WHEN",
+    help="End of the window: ISO 8601 time or a duration ago [default: now].",
+)
+@click.option("--dry-run", is_flag=True, help="List and compare, but store nothing.")
+@_json_option
+def reconcile(
+    config_path: str | None,
+    providers: tuple[str, ...],
+    since: str | None,
+    until: str | None,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Backfill now: list each provider's window and add what the log lacks.
+
+    Prints a report per provider and exits 1 if any provider failed. Safe to
+    run while the daemon runs.
+    """
+    from syncd.reconcile import ProviderRunner
+
+    runtime = _open(config_path)
+    unknown = sorted(set(providers) - set(runtime.connectors))
+    if unknown:
+        _fail(
+            f"unknown provider(s) {', '.join(unknown)}; configured: "
+            f"{', '.join(sorted(runtime.connectors)) or 'none'}",
+            2,
+        )
+    start, end = _when(since, "--since"), _when(until, "--until")
+    reports = []
+    with httpx.Client(headers={"User-Agent": f"syncd/{__version__}"}) as client:
+        for name in providers or tuple(runtime.connectors):
+            runner = ProviderRunner(runtime.store, runtime.connectors[name], client)
+            reports.append(
+                runner.reconcile(start, end, dry_run=dry_run, trigger="command")
+            )
+    _print_reports(reports, runtime, as_json, dry_run)
+    if not all(report.ok for report in reports):
+        sys.exit(1)
+
+
+def _report_json(report: RunReport) -> dict[str, Any]:
+    return {
+        "provider": report.provider,
+        "ok": report.ok,
+        "error": report.error,
+        "since": to_utc_iso(report.window.since) if report.window.since else None,
+        "until": to_utc_iso(report.window.until),
+        "listed": report.listed,
+        "already_in_log": report.already,
+        "recovered": report.new,
+        "requests": report.requests,
+        "by_type": {k: asdict(v) for k, v in sorted(report.by_type.items())},
+        "notes": report.notes,
+    }
+
+
+def _print_reports(
+    reports: list[RunReport], runtime: Runtime, as_json: bool, dry_run: bool
+) -> None:
+    if as_json:
+        click.echo(json.dumps([_report_json(r) for r in reports], indent=2))
+        return
+    verb = "would recover" if dry_run else "recovered"
+    for report in reports:
+        data = _report_json(report)
+        click.echo(f"{report.provider}: {data['since'] or 'start'} to {data['until']}")
+        if not report.ok:
+            click.echo(f"  FAILED: {report.error}")
+            continue
+        missed = runtime.connectors[report.provider].provider.webhooks_enabled
+        label = f"{verb} (missed by webhooks)" if missed else f"{verb} (new)"
+        click.echo(
+            f"  listed {report.listed}, already in the log {report.already}, "
+            f"{label} {report.new}"
+        )
+        for kind, counts in sorted(report.by_type.items()):
+            click.echo(
+                f"    {kind}: listed {counts.listed}, already {counts.already},"
+                f" {verb} {counts.new}"
+            )
+        for note in report.notes:
+            click.echo(f"  note: {note}")
+
+
+@main.group()
+def events() -> None:
+    """Read the event log."""
+
+
+def _filter_options(function: Any) -> Any:
+    options = [
+        click.option(
+            "--provider",
+            "providers",
+            multiple=True,
+            metavar="NAME",
+            help="Only this provider (repeatable).",
+        ),
+        click.option(
+            "--type",
+            "types",
+            multiple=True,
+            metavar="TYPE",
+            help="Only this event type (repeatable).",
+        ),
+        click.option(
+            "--source",
+            "sources",
+            multiple=True,
+            type=click.Choice(["webhook", "poll", "reconcile"]),
+            help="Only entries first brought by this stream (repeatable).",
+        ),
+        click.option(
+            "--after",
+            type=click.IntRange(min=0),
+            default=0,
+            metavar="OFFSET",
+            help="Only entries after this offset.",
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+@events.command("list")
+@_config_option
+@_filter_options
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Maximum number of entries printed.",
+)
+@_json_option
+def events_list(config_path, providers, types, sources, after, limit, as_json):
+    """List log entries in offset order."""
+    runtime = _open(config_path)
+    rows = queries.list_events(
+        runtime.store,
+        providers=providers,
+        types=types,
+        sources=sources,
+        after=after,
+        limit=limit,
+    )
+    if as_json:
+        click.echo(
+            json.dumps(
+                [queries.event_to_json(e) for e in rows], indent=2, ensure_ascii=False
+            )
+        )
+        return
+    for event in rows:
+        click.echo(
+            f"{event.offset:>8}  {to_utc_iso(event.occurred_at)}  "
+            f"{event.provider:<12} {event.first_source:<9} {event.type:<32} "
+            f"{event.key}"
+        )
+
+
+@events.command("show")
+@_config_option
+@click.argument("ref")
+@click.option("--provider", help="Provider of the entry when the key is ambiguous.")
+def events_show(config_path: str | None, ref: str, provider: str | None) -> None:
+    """Print one entry, found by offset or dedup key, as JSON."""
+    runtime = _open(config_path)
+    found = queries.find_event(runtime.store, ref, provider)
+    if not found:
+        _fail(f"no log entry with offset or key {ref!r}")
+    for event in found:
+        click.echo(
+            json.dumps(queries.event_to_json(event), indent=2, ensure_ascii=False)
+        )
+
+
+@events.command("tail")
+@_config_option
+@_filter_options
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new entries.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.05),
+    default=1.0,
+    show_default=True,
+    help="Seconds between checks with --follow.",
+)
+def events_tail(config_path, providers, types, sources, after, follow, interval):
+    """Print entries after OFFSET as JSON lines; resume with --after OFFSET."""
+    runtime = _open(config_path)
+    position = after
+    while True:
+        rows = queries.list_events(
+            runtime.store,
+            providers=providers,
+            types=types,
+            sources=sources,
+            after=position,
+            limit=1000,
+        )
+        for event in rows:
+            click.echo(json.dumps(queries.event_to_json(event), ensure_ascii=False))
+            position = event.offset or position
+        if not follow:
+            return
+        if not rows:
+            time.sleep(interval)
+
+
+@main.command()
+@_config_option
+@_json_option
+def status(config_path: str | None, as_json: bool) -> None:
+    """Show each provider's mode, last webhook, last runs, cursors and counts."""
+    runtime = _open(config_path)
+    statuses = [
+        queries.provider_status(runtime.store, name, connector.provider.mode)
+        for name, connector in runtime.connectors.items()
+    ]
+    if as_json:
+        click.echo(json.dumps([asdict(s) for s in statuses], indent=2))
+        return
+    for item in statuses:
+        click.echo(f"{item.name} ({item.mode})")
+        click.echo(f"  events by first source: {item.events_by_source or 'none'}")
+        click.echo(
+            f"  arrivals by source: {item.received_by_source or 'none'}, "
+            f"duplicates: {item.duplicates_by_source or 'none'}"
+        )
+        click.echo(f"  last webhook: {item.last_webhook or 'never'}")
+        click.echo(f"  last poll: {_run_line(item.last_poll)}")
+        click.echo(f"  last reconcile: {_run_line(item.last_reconcile)}")
+        if item.mode != "polling":
+            click.echo(f"  missed webhooks recovered: {item.missed_webhooks_recovered}")
+        for listing, state in item.cursors.items():
+            click.echo(f"  cursor {listing}: {state.get('high_water') or 'none yet'}")
+
+
+def _run_line(run: dict[str, Any] | None) -> str:
+    if run is None:
+        return "never"
+    line = (
+        f"{run['status']} at {run['started_at']}, listed {run['listed']}, "
+        f"new {run['new']}"
+    )
+    return f"{line}: {run['error']}" if run["error"] else line
+
+
+@main.command("check-config")
+@_config_option
+def check_config(config_path: str | None) -> None:
+    """Validate the configuration; list every problem and exit 78 if any."""
+    config = _load_config(config_path)
+    warning = config_module.warn_if_world_readable(config)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
+    names = ", ".join(
+        f"{n} ({p.connector}, {p.mode})" for n, p in config.providers.items()
+    )
+    click.echo(f"{config.path}: valid; providers: {names or 'none'}")
+
+
+@main.command()
+@click.option(
+    "--events",
+    "count",
+    type=click.IntRange(min=1, max=100_000),
+    default=300,
+    show_default=True,
+    help="Events the provider emits.",
+)
+@click.option(
+    "--drop",
+    type=click.FloatRange(0, 0.9),
+    default=0.25,
+    show_default=True,
+    help="Share of webhooks the provider drops.",
+)
+@click.option(
+    "--repeat",
+    type=click.FloatRange(0, 1),
+    default=0.1,
+    show_default=True,
+    help="Share of webhooks sent more than once.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=7,
+    show_default=True,
+    help="Seed of the simulated provider's randomness.",
+)
+def demo(count: int, drop: float, repeat: float, seed: int) -> None:
+    """Run a self-contained demo on loopback against a simulated provider.
+
+    The provider drops and repeats webhooks; a reconcile recovers what was
+    dropped. Exits 1 if any event is missing or duplicated in the log.
+    """
+    from syncd.demo import run_demo
+
+    ok = run_demo(
+        count=count, drop_rate=drop, repeat_rate=repeat, seed=seed, echo=click.echo
+    )
+    sys.exit(0 if ok else 1)

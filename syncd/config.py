@@ -1,0 +1,363 @@
+"""The TOML configuration, validated into models; every problem is listed at once."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import tomllib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+
+from syncd import units
+from syncd.errors import ConfigError
+
+DEFAULT_PATH = "/etc/syncd/config.toml"
+PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+Duration = Annotated[timedelta, BeforeValidator(units.parse_duration)]
+Size = Annotated[int, BeforeValidator(units.parse_size)]
+
+
+class SecretSource(BaseModel):
+    """Where a secret comes from: exactly one of env, file or credential."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    env: str | None = None
+    file: str | None = None
+    credential: str | None = None
+
+
+def _parse_start_from(value: Any) -> Any:
+    if value == "now":
+        return value
+    return units.parse_time(value)
+
+
+class DaemonConfig(BaseModel):
+    """The ``[daemon]`` table."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    database: str = "sqlite:////var/lib/syncd/syncd.db"
+    listen: str = "127.0.0.1:8787"
+    max_body: Size = 25 * 1000**2
+    shutdown_timeout: Duration = timedelta(seconds=30)
+
+    @field_validator("database")
+    @classmethod
+    def _check_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:")):
+            raise ValueError(
+                f"unsupported database URL {value!r}: use "
+                "'sqlite:////path/to/syncd.db' or 'postgresql://user@host/db'"
+            )
+        return value
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(
+                f"invalid listen address {value!r}: write HOST:PORT, "
+                "e.g. '127.0.0.1:8787'"
+            )
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class ProviderConfig(BaseModel):
+    """One ``[providers.NAME]`` table.
+
+    Keys not listed here belong to the connector and are validated by its
+    ``Options`` model into ``options``. Secrets are resolved when the
+    configuration is loaded.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = ""
+    connector: str
+    api_base_url: str | None = None
+    api_token: SecretStr | None = None
+    webhook_secret: SecretStr | None = None
+    signature_tolerance: Duration = timedelta(minutes=5)
+    poll_interval: Duration = timedelta(minutes=1)
+    reconcile_interval: Duration = timedelta(minutes=15)
+    reconcile_window: Duration = timedelta(hours=2)
+    lookback: Duration = timedelta(minutes=2)
+    start_from: Annotated[
+        Literal["now"] | datetime, BeforeValidator(_parse_start_from)
+    ] = "now"
+    page_size: int = Field(default=100, ge=1, le=1000)
+    request_timeout: Duration = timedelta(seconds=30)
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    max_retry_wait: Duration = timedelta(minutes=5)
+    options: Any = None
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(
+                f"invalid URL {value!r}: write it with its scheme and host, "
+                "e.g. 'https://api.example.com'"
+            )
+        return value.rstrip("/")
+
+    @property
+    def webhooks_enabled(self) -> bool:
+        return self.webhook_secret is not None
+
+    @property
+    def mode(self) -> str:
+        return "webhooks+reconcile" if self.webhooks_enabled else "polling"
+
+
+class Config(BaseModel):
+    """The whole configuration file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    daemon: DaemonConfig = DaemonConfig()
+    providers: dict[str, ProviderConfig] = {}
+    path: str | None = None
+    inline_secrets: bool = False
+
+
+@dataclass
+class _SecretContext:
+    config_dir: Path
+    environ: dict[str, str]
+
+
+SECRET_KEYS = ("api_token", "webhook_secret")
+
+
+def resolve_secret(value: Any, where: str, context: _SecretContext) -> str:
+    """Return the secret text that ``value`` points to; raise ValueError if not."""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"{where}: invalid secret {type(value).__name__}; write "
+            '{ env = "NAME" }, { file = "PATH" } or { credential = "NAME" }'
+        )
+    try:
+        source = SecretSource.model_validate(value)
+    except ValidationError:
+        raise ValueError(
+            f"{where}: invalid secret {value!r}; the only keys are env, file "
+            "and credential"
+        ) from None
+    given = [k for k in ("env", "file", "credential") if getattr(source, k)]
+    if len(given) != 1:
+        raise ValueError(
+            f"{where}: give exactly one of env, file or credential, not {given}"
+        )
+    if source.env is not None:
+        return _secret_from_env(source.env, where, context)
+    if source.file is not None:
+        return _secret_from_file(context.config_dir / source.file, where)
+    return _secret_from_credential(str(source.credential), where, context)
+
+
+def _secret_from_env(name: str, where: str, context: _SecretContext) -> str:
+    text = context.environ.get(name)
+    if not text:
+        raise ValueError(
+            f"{where}: environment variable {name} is not set or empty; "
+            "export it, or use { file = ... } instead"
+        )
+    return text
+
+
+def _secret_from_file(path: Path, where: str) -> str:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(
+            f"{where}: cannot read secret file {str(path)!r} ({exc.strerror}); "
+            "check the path and that syncd's user may read it"
+        ) from None
+    if not text:
+        raise ValueError(f"{where}: secret file {str(path)!r} is empty")
+    return text
+
+
+def _secret_from_credential(name: str, where: str, context: _SecretContext) -> str:
+    directory = context.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        raise ValueError(
+            f"{where}: credential {name!r} needs $CREDENTIALS_DIRECTORY, which "
+            "systemd sets for LoadCredential=; run under systemd or use "
+            "{ env = ... } or { file = ... }"
+        )
+    return _secret_from_file(Path(directory) / name, where)
+
+
+def load(path: str | os.PathLike[str] | None = None, environ: Any = None) -> Config:
+    """Read and validate the configuration; raise ConfigError listing every problem.
+
+    ``path`` defaults to ``$SYNCD_CONFIG``, then ``/etc/syncd/config.toml``.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    chosen = Path(path or environ.get("SYNCD_CONFIG") or DEFAULT_PATH)
+    try:
+        data = tomllib.loads(chosen.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            [f"{chosen}: file not found; pass -c PATH or set SYNCD_CONFIG"]
+        ) from None
+    except OSError as exc:
+        raise ConfigError([f"{chosen}: cannot read ({exc.strerror})"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{chosen}: invalid TOML: {exc}"]) from None
+    context = _SecretContext(config_dir=chosen.parent, environ=environ)
+    config = parse(data, context)
+    config.path = str(chosen)
+    return config
+
+
+def parse(data: dict[str, Any], context: _SecretContext | None = None) -> Config:
+    """Validate a configuration already read from TOML."""
+    context = context or _SecretContext(Path.cwd(), dict(os.environ))
+    problems: list[str] = []
+    data = dict(data)
+    raw_providers = data.pop("providers", {})
+    if not isinstance(raw_providers, dict):
+        problems.append("providers: must be a table of [providers.NAME] tables")
+        raw_providers = {}
+
+    base = _validate(Config, data, "", problems)
+    providers = {}
+    for name, table in raw_providers.items():
+        provider = _parse_provider(name, table, context, problems)
+        if provider is not None:
+            providers[name] = provider
+    if problems:
+        raise ConfigError(problems)
+    assert base is not None
+    base.providers = providers
+    base.inline_secrets = any(
+        isinstance(table.get(key), str)
+        for table in raw_providers.values()
+        for key in SECRET_KEYS
+    )
+    return base
+
+
+def _parse_provider(
+    name: str, table: Any, context: _SecretContext, problems: list[str]
+) -> ProviderConfig | None:
+    where = f"providers.{name}"
+    if not PROVIDER_NAME.match(name):
+        problems.append(
+            f"{where}: invalid provider name {name!r}; use lower-case letters, "
+            "digits, '-' and '_' (it becomes part of the webhook URL)"
+        )
+    if not isinstance(table, dict):
+        problems.append(f"{where}: must be a table")
+        return None
+
+    table = dict(table, name=name)
+    before = len(problems)
+    for key in SECRET_KEYS:
+        if key in table:
+            try:
+                table[key] = resolve_secret(table[key], f"{where}.{key}", context)
+            except ValueError as exc:
+                problems.append(str(exc))
+                table.pop(key)
+    provider = _validate(ProviderConfig, table, where, problems)
+    if provider is None:
+        return None
+
+    connector = _connector_class(provider.connector, where, problems)
+    if connector is None:
+        return None
+    extra = dict(provider.model_extra or {})
+    provider.options = _validate(connector.Options, extra, where, problems)
+    if provider.lookback < timedelta(seconds=60):
+        problems.append(
+            f"{where}.lookback: {units.format_duration(provider.lookback)} is too "
+            "short to catch events that become visible late; use at least '60s'"
+        )
+    return provider if len(problems) == before else None
+
+
+def _connector_class(name: str, where: str, problems: list[str]) -> Any:
+    from connectors.registry import available, load_connector
+
+    try:
+        return load_connector(name)
+    except KeyError:
+        problems.append(
+            f"{where}.connector: unknown connector {name!r}; installed: "
+            f"{', '.join(sorted(available()))}"
+        )
+        return None
+
+
+def _validate(model: Any, data: Any, where: str, problems: list[str]) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors():
+            problems.append(_describe(error, where))
+        return None
+
+
+def _describe(error: Any, where: str) -> str:
+    path = ".".join(str(part) for part in (where, *error["loc"]) if part != "")
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{path}: unknown key; remove it or check its spelling"
+    if kind == "missing":
+        return f"{path}: required key is missing"
+    message = error["msg"].removeprefix("Value error, ")
+    if kind.startswith("value_error"):
+        return f"{path}: {message}"
+    return f"{path}: {message} (got {error.get('input')!r})"
+
+
+def warn_if_world_readable(config: Config) -> str | None:
+    """Return a warning when a file with inline secrets is readable by others."""
+    if not config.inline_secrets or config.path is None:
+        return None
+    path = config.path
+    try:
+        mode = Path(path).stat().st_mode
+    except OSError:
+        return None
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        return (
+            f"{path} is readable by other users; if it holds inline secrets, "
+            f"run 'chmod 600 {path}' or move them to {{ credential = ... }}"
+        )
+    return None

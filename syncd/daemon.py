@@ -1,0 +1,151 @@
+"""Wiring of the daemon: webhook server, scheduled runs, writer, and signals."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import uvicorn
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from syncd import __version__
+from syncd.intake import IntakeState, create_app
+from syncd.reconcile import ProviderRunner
+from syncd.runtime import Runtime
+from syncd.store import WriteResult
+from syncd.writer import BatchWriter
+
+log = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that answers 503 as soon as it is asked to stop."""
+
+    def __init__(self, config: uvicorn.Config, state: IntakeState) -> None:
+        super().__init__(config)
+        self.intake_state = state
+
+    def handle_exit(self, sig: int, frame: object) -> None:
+        if not self.intake_state.stopping:
+            log.info("signal %d received; new webhooks now get 503", sig)
+        self.intake_state.stopping = True
+        super().handle_exit(sig, frame)  # type: ignore[arg-type]
+
+
+class Daemon:
+    """The long-running process behind ``syncd run``."""
+
+    def __init__(self, runtime: Runtime, *, sock: socket.socket | None = None) -> None:
+        self.runtime = runtime
+        self.sock = sock
+        self.writer = BatchWriter(runtime.store, on_commit=self._count_commit)
+        self.state = IntakeState(runtime=runtime, writer=self.writer)
+        self.client = httpx.Client(headers={"User-Agent": f"syncd/{__version__}"})
+        self.runners = {
+            name: ProviderRunner(
+                runtime.store,
+                connector,
+                self.client,
+                metrics=runtime.metrics,
+                clock=runtime.clock,
+            )
+            for name, connector in runtime.connectors.items()
+        }
+        self.scheduler = BackgroundScheduler(
+            timezone=UTC,
+            job_defaults={
+                "coalesce": True,
+                "max_instances": 1,
+                "misfire_grace_time": 60,
+            },
+        )
+        daemon = runtime.config.daemon
+        self.server = _Server(
+            uvicorn.Config(
+                create_app(self.state),
+                host=daemon.host,
+                port=daemon.port,
+                log_config=None,
+                access_log=False,
+                timeout_graceful_shutdown=int(daemon.shutdown_timeout.total_seconds()),
+            ),
+            self.state,
+        )
+
+    def run(self) -> None:
+        """Serve until SIGTERM or SIGINT, then stop every part in order."""
+        self._start_background()
+        try:
+            self.server.run(sockets=[self.sock] if self.sock else None)
+        finally:
+            self._stop_background()
+
+    def start_in_thread(self, timeout: float = 10.0) -> threading.Thread:
+        """Start the daemon in a thread (for tests and the demo); wait until ready."""
+        thread = threading.Thread(target=self.run, name="syncd-daemon", daemon=True)
+        thread.start()
+        deadline = datetime.now(UTC) + timedelta(seconds=timeout)
+        while not self.server.started:
+            if not thread.is_alive() or datetime.now(UTC) > deadline:
+                raise RuntimeError("the daemon did not start listening")
+            threading.Event().wait(0.02)
+        return thread
+
+    def request_stop(self) -> None:
+        """Ask a daemon started with :meth:`start_in_thread` to stop."""
+        self.state.stopping = True
+        self.server.should_exit = True
+
+    def _start_background(self) -> None:
+        config = self.runtime.config
+        log.info(
+            "syncd %s starting: config %s, providers %s",
+            __version__,
+            config.path or "(built in)",
+            ", ".join(f"{n} ({p.mode})" for n, p in config.providers.items()) or "none",
+        )
+        self.writer.start()
+        self._schedule_jobs()
+        self.scheduler.start()
+
+    def _stop_background(self) -> None:
+        self.state.stopping = True
+        log.info("stopping scheduled runs (a running page finishes its commit)")
+        self.scheduler.shutdown(wait=True)
+        log.info("committing queued webhooks")
+        self.writer.stop()
+        self.client.close()
+        self.runtime.close()
+        log.info("syncd stopped")
+
+    def _schedule_jobs(self) -> None:
+        now = datetime.now(UTC)
+        for name, runner in self.runners.items():
+            settings = runner.connector.provider
+            if settings.webhooks_enabled:
+                interval, job, kind = (
+                    settings.reconcile_interval,
+                    runner.reconcile,
+                    "reconcile",
+                )
+                first = now + timedelta(seconds=10)
+            else:
+                interval, job, kind = settings.poll_interval, runner.poll, "poll"
+                first = now
+            self.scheduler.add_job(
+                job,
+                "interval",
+                seconds=interval.total_seconds(),
+                id=f"{kind}:{name}",
+                name=f"{kind} {name}",
+                next_run_time=first,
+            )
+
+    def _count_commit(self, provider: str, source: str, result: WriteResult) -> None:
+        if result.new:
+            self.runtime.metrics.events_logged.labels(provider, source).inc(
+                len(result.new)
+            )

@@ -1,0 +1,81 @@
+"""Exceptions raised by syncd, grouped by what the caller should do.
+
+::
+
+    SyncdError
+    ├── ConfigError              fix the configuration; the daemon exits 78
+    ├── ProviderError            a provider API call failed
+    │   ├── RetriableError       timeouts, 5xx, 429: retry with backoff
+    │   ├── AuthenticationError  401/403 from the provider: fix the token
+    │   └── ResponseError        a response syncd cannot read: the run fails
+    ├── WebhookError             one webhook request is rejected
+    │   ├── SignatureError       missing or invalid signature (HTTP 401)
+    │   │   └── TimestampError   signed timestamp outside the tolerance (401)
+    │   └── PayloadError         a body the connector cannot parse (HTTP 400)
+    └── StoreUnavailableError    the database cannot commit (HTTP 503)
+
+Foreign exceptions (httpx, SQLAlchemy) are translated at the boundary and
+chained with ``from``.
+"""
+
+from __future__ import annotations
+
+EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h
+
+
+class SyncdError(Exception):
+    """Base class of every error syncd raises on purpose."""
+
+
+class ConfigError(SyncdError):
+    """The configuration is invalid; ``problems`` lists every finding."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class ProviderError(SyncdError):
+    """A call to a provider's API failed."""
+
+
+class RetriableError(ProviderError):
+    """A transient failure; ``retry_after`` is the server's wait in seconds."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class AuthenticationError(ProviderError):
+    """The provider rejected the API credentials."""
+
+
+class ResponseError(ProviderError):
+    """The provider answered with something syncd cannot read."""
+
+
+class WebhookError(SyncdError):
+    """One webhook request is rejected; ``status`` is the HTTP answer."""
+
+    status = 400
+
+
+class SignatureError(WebhookError):
+    """The signature is missing or does not match the body."""
+
+    status = 401
+
+
+class TimestampError(SignatureError):
+    """The signed timestamp is outside the provider's tolerance."""
+
+
+class PayloadError(WebhookError):
+    """The body cannot be parsed into events."""
+
+    status = 400
+
+
+class StoreUnavailableError(SyncdError):
+    """The database could not be reached or could not commit."""

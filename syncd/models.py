@@ -1,0 +1,122 @@
+"""Tables of the event log and of what is stored beside it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, DateTime, Index, Integer, Text, UniqueConstraint
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Column, Field, SQLModel
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored as UTC and always read back as an aware UTC datetime.
+
+    SQLite keeps no offset, so values are written as naive UTC there and the
+    offset is attached again on reading. Microseconds are kept on both stores.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}; syncd stores aware UTC")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def _time(nullable: bool = True) -> Any:
+    return Field(default=None, sa_column=Column(UTCDateTime(), nullable=nullable))
+
+
+class Event(SQLModel, table=True):
+    """One entry of the event log: one per (provider, key), whoever brought it.
+
+    ``webhook_seen_at`` and ``poll_seen_at`` record when each stream first saw
+    the event (reconcile counts as polling); ``duplicates`` counts arrivals
+    after the first.
+    """
+
+    __tablename__ = "events"
+    __table_args__ = (
+        UniqueConstraint("provider", "key", name="uq_events_provider_key"),
+        Index("ix_events_provider_type", "provider", "type"),
+        Index("ix_events_resource", "provider", "resource"),
+        {"sqlite_autoincrement": True},
+    )
+
+    offset: int | None = Field(
+        default=None, sa_column=Column(BigInteger().with_variant(Integer, "sqlite"),
+                                       primary_key=True, autoincrement=True)
+    )
+    provider: str = Field(max_length=64)
+    key: str = Field(max_length=512)
+    type: str = Field(max_length=256)
+    occurred_at: datetime = _time(nullable=False)
+    first_seen_at: datetime = _time(nullable=False)
+    first_source: str = Field(max_length=16)
+    webhook_seen_at: datetime | None = _time()
+    poll_seen_at: datetime | None = _time()
+    duplicates: int = 0
+    resource: str | None = Field(default=None, max_length=512)
+    version: str | None = Field(default=None, max_length=128)
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class Cursor(SQLModel, table=True):
+    """Where a provider's listing continues; ``state`` is JSON owned by the poller."""
+
+    __tablename__ = "cursors"
+
+    provider: str = Field(primary_key=True, max_length=64)
+    listing: str = Field(primary_key=True, max_length=128)
+    state: str = Field(sa_column=Column(Text, nullable=False))
+    etag: str | None = None
+    last_modified: str | None = None
+    updated_at: datetime = _time(nullable=False)
+
+
+class Run(SQLModel, table=True):
+    """One poll or reconcile run of one provider, with its counts."""
+
+    __tablename__ = "runs"
+    __table_args__ = (Index("ix_runs_provider_kind", "provider", "kind", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    provider: str = Field(max_length=64)
+    kind: str = Field(max_length=16)
+    trigger: str = Field(max_length=16)
+    status: str = Field(default="running", max_length=16)
+    started_at: datetime = _time(nullable=False)
+    finished_at: datetime | None = _time()
+    window_since: datetime | None = _time()
+    window_until: datetime | None = _time()
+    requests: int = 0
+    listed: int = 0
+    new: int = 0
+    already: int = 0
+    by_type: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    error: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class SourceStats(SQLModel, table=True):
+    """Arrivals per provider and source, counted once per committed batch."""
+
+    __tablename__ = "source_stats"
+
+    provider: str = Field(primary_key=True, max_length=64)
+    source: str = Field(primary_key=True, max_length=16)
+    received: int = 0
+    duplicates: int = 0
+    last_at: datetime | None = _time()

@@ -1,0 +1,137 @@
+"""Read-side queries of the log for the command line."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+
+from syncd.models import Cursor, Event, Run, SourceStats
+from syncd.store import Store
+from syncd.units import to_utc_iso
+
+
+def event_to_json(event: Event) -> dict[str, Any]:
+    """Return the documented JSON form of one log entry."""
+    return {
+        "offset": event.offset,
+        "provider": event.provider,
+        "key": event.key,
+        "type": event.type,
+        "occurred_at": to_utc_iso(event.occurred_at),
+        "first_seen_at": to_utc_iso(event.first_seen_at),
+        "first_source": event.first_source,
+        "webhook_seen_at": _iso(event.webhook_seen_at),
+        "poll_seen_at": _iso(event.poll_seen_at),
+        "duplicates": event.duplicates,
+        "resource": event.resource,
+        "version": event.version,
+        "payload": json.loads(event.payload),
+    }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return to_utc_iso(moment) if moment is not None else None
+
+
+def list_events(
+    store: Store,
+    *,
+    providers: tuple[str, ...] = (),
+    types: tuple[str, ...] = (),
+    sources: tuple[str, ...] = (),
+    after: int = 0,
+    limit: int = 100,
+) -> list[Event]:
+    """Return log entries in offset order, filtered as given."""
+    statement = select(Event).where(Event.offset > after)  # type: ignore[operator]
+    if providers:
+        statement = statement.where(Event.provider.in_(providers))  # type: ignore
+    if types:
+        statement = statement.where(Event.type.in_(types))  # type: ignore
+    if sources:
+        statement = statement.where(Event.first_source.in_(sources))  # type: ignore
+    statement = statement.order_by(Event.offset).limit(limit)  # type: ignore[arg-type]
+    with store.session() as session:
+        return list(session.execute(statement).scalars())
+
+
+def find_event(store: Store, ref: str, provider: str | None = None) -> list[Event]:
+    """Return the entries whose offset or dedup key is ``ref``."""
+    statement = select(Event)
+    if ref.isdigit():
+        statement = statement.where(
+            (Event.offset == int(ref)) | (Event.key == ref)  # type: ignore[arg-type]
+        )
+    else:
+        statement = statement.where(Event.key == ref)
+    if provider:
+        statement = statement.where(Event.provider == provider)
+    with store.session() as session:
+        return list(session.execute(statement).scalars())
+
+
+@dataclass
+class ProviderStatus:
+    """What ``syncd status`` shows for one provider."""
+
+    name: str
+    mode: str
+    events_by_source: dict[str, int] = field(default_factory=dict)
+    received_by_source: dict[str, int] = field(default_factory=dict)
+    duplicates_by_source: dict[str, int] = field(default_factory=dict)
+    last_webhook: str | None = None
+    last_poll: dict[str, Any] | None = None
+    last_reconcile: dict[str, Any] | None = None
+    cursors: dict[str, Any] = field(default_factory=dict)
+    missed_webhooks_recovered: int = 0
+
+
+def provider_status(store: Store, name: str, mode: str) -> ProviderStatus:
+    """Collect the status of one provider from the log and its run records."""
+    status = ProviderStatus(name=name, mode=mode)
+    with store.session() as session:
+        counts = session.execute(
+            select(Event.first_source, func.count())
+            .where(Event.provider == name)
+            .group_by(Event.first_source)
+        ).all()
+        status.events_by_source = {source: n for source, n in counts}
+        for row in session.execute(
+            select(SourceStats).where(SourceStats.provider == name)
+        ).scalars():
+            status.received_by_source[row.source] = row.received
+            status.duplicates_by_source[row.source] = row.duplicates
+            if row.source == "webhook":
+                status.last_webhook = _iso(row.last_at)
+        status.last_poll = _last_run(session, name, "poll")
+        status.last_reconcile = _last_run(session, name, "reconcile")
+        for cursor in session.execute(
+            select(Cursor).where(Cursor.provider == name)
+        ).scalars():
+            status.cursors[cursor.listing] = json.loads(cursor.state)
+    if mode != "polling":
+        status.missed_webhooks_recovered = status.events_by_source.get("reconcile", 0)
+    return status
+
+
+def _last_run(session: Any, name: str, kind: str) -> dict[str, Any] | None:
+    run = session.execute(
+        select(Run)
+        .where(Run.provider == name, Run.kind == kind)
+        .order_by(Run.id.desc())  # type: ignore[union-attr]
+        .limit(1)
+    ).scalar_one_or_none()
+    if run is None:
+        return None
+    return {
+        "status": run.status,
+        "started_at": _iso(run.started_at),
+        "finished_at": _iso(run.finished_at),
+        "listed": run.listed,
+        "new": run.new,
+        "error": run.error,
+    }

@@ -1,0 +1,271 @@
+"""Poll and reconcile runs of one provider, with their run records and reports.
+
+A reconcile lists a window of the provider's history and adds every event
+the log lacks. With webhooks on, each such event is a missed webhook: it is
+counted by type, logged at WARNING, and stored with ``first_source =
+"reconcile"``. After downtime the window reaches back to where the last
+successful reconcile ended, so an outage longer than ``reconcile_window``
+still leaves no hole, within the provider's retention.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import UTC, datetime
+
+import httpx
+from sqlalchemy import delete, select
+
+from connectors.base import Connector, Window
+from syncd.errors import ProviderError, StoreUnavailableError
+from syncd.fetch import Fetcher
+from syncd.metrics import Metrics
+from syncd.models import Event, Run
+from syncd.polling import RunReport, clamp_to_retention, poll_listing, run_listing
+from syncd.store import Store
+from syncd.units import to_utc_iso
+
+log = logging.getLogger(__name__)
+
+KEEP_RUNS = 1000  # run records kept per provider and kind
+
+
+class ProviderRunner:
+    """Runs the polls and reconciles of one provider."""
+
+    def __init__(
+        self,
+        store: Store,
+        connector: Connector,
+        client: httpx.Client,
+        *,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.store = store
+        self.connector = connector
+        self.client = client
+        self.metrics = metrics or Metrics()
+        self.clock = clock
+        self.sleep = sleep
+
+    @property
+    def name(self) -> str:
+        return self.connector.provider.name
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), UTC)
+
+    def poll(self, trigger: str = "schedule") -> list[RunReport]:
+        """Poll every listing from its cursor; return one report per listing."""
+        reports = []
+        for listing in self.connector.listings():
+            fetcher = Fetcher(self.connector, self.client, sleep=self.sleep)
+            report = self._recorded(
+                "poll",
+                trigger,
+                lambda f=fetcher, li=listing: poll_listing(
+                    self.store, self.connector, f, li, self._now()
+                ),
+                fetcher,
+            )
+            reports.append(report)
+        return reports
+
+    def reconcile(
+        self,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        *,
+        dry_run: bool = False,
+        trigger: str = "schedule",
+    ) -> RunReport:
+        """List a window of every listing and add what the log lacks."""
+        now = self._now()
+        window = Window(since=since or self._default_since(now), until=until or now)
+        window, gap = clamp_to_retention(self.connector, window, now)
+        fetcher = Fetcher(self.connector, self.client, sleep=self.sleep)
+
+        def run() -> RunReport:
+            report = RunReport(self.name, "reconcile", "reconcile", window)
+            if gap:
+                report.notes.append(gap)
+                log.warning("%s: %s", self.name, gap)
+            started = time.monotonic()
+            for listing in self.connector.listings():
+                if dry_run:
+                    self._dry_run_listing(fetcher, listing, report)
+                else:
+                    run_listing(self.store, self.connector, fetcher, listing, report)
+            report.seconds = time.monotonic() - started
+            return report
+
+        if dry_run:
+            return self._guarded(
+                run, RunReport(self.name, "reconcile", "reconcile", window), fetcher
+            )
+        return self._recorded("reconcile", trigger, run, fetcher, window)
+
+    def _default_since(self, now: datetime) -> datetime:
+        settings = self.connector.provider
+        since = now - settings.reconcile_window
+        last_until = self._last_reconciled_until()
+        if last_until is not None:
+            since = min(since, last_until - settings.lookback)
+        elif settings.start_from != "now":
+            since = min(since, settings.start_from)  # type: ignore[type-var]
+        return since
+
+    def _last_reconciled_until(self) -> datetime | None:
+        with self.store.session() as session:
+            statement = (
+                select(Run.window_until)
+                .where(Run.provider == self.name, Run.kind == "reconcile")
+                .where(Run.status == "ok")
+                .order_by(Run.window_until.desc())  # type: ignore[union-attr]
+                .limit(1)
+            )
+            return session.execute(statement).scalar_one_or_none()
+
+    def _dry_run_listing(self, fetcher: Fetcher, listing: str, report: RunReport):
+        from syncd.store import WriteResult
+
+        request = self.connector.first_request(listing, report.window)
+        while request is not None:
+            page = self.connector.parse_page(listing, request, fetcher.fetch(request))
+            keys = [record.key for record in page.records]
+            with self.store.session() as session:
+                known = set(
+                    session.execute(
+                        select(Event.key).where(
+                            Event.provider == self.name, Event.key.in_(keys)
+                        )
+                    ).scalars()
+                )
+            result = WriteResult(
+                new=[r for r in page.records if r.key not in known],
+                duplicates=[r for r in page.records if r.key in known],
+            )
+            report.add(result, page.records)
+            request = page.next
+
+    def _guarded(
+        self, run: Callable[[], RunReport], failed: RunReport, fetcher: Fetcher
+    ) -> RunReport:
+        try:
+            report = run()
+        except (ProviderError, StoreUnavailableError) as exc:
+            failed.error = str(exc)
+            report = failed
+        report.requests = fetcher.requests
+        return report
+
+    def _recorded(
+        self,
+        kind: str,
+        trigger: str,
+        run: Callable[[], RunReport],
+        fetcher: Fetcher,
+        window: Window | None = None,
+    ) -> RunReport:
+        """Run ``run`` between a 'running' and a final run record."""
+        started_at = self._now()
+        record_id = self._open_run(kind, trigger, started_at, window)
+        empty = RunReport(self.name, kind, kind, window or Window(None, started_at))
+        report = self._guarded(run, empty, fetcher)
+        self._close_run(record_id, report)
+        self._log_and_count(report)
+        return report
+
+    def _open_run(
+        self, kind: str, trigger: str, started_at: datetime, window: Window | None
+    ) -> int | None:
+        run = Run(
+            provider=self.name,
+            kind=kind,
+            trigger=trigger,
+            started_at=started_at,
+            window_since=window.since if window else None,
+            window_until=window.until if window else None,
+        )
+        try:
+            with self.store.session() as session:
+                session.add(run)
+                session.flush()
+                return run.id
+        except StoreUnavailableError as exc:
+            log.error("%s: cannot record the %s run: %s", self.name, kind, exc)
+            return None
+
+    def _close_run(self, record_id: int | None, report: RunReport) -> None:
+        if record_id is None:
+            return
+        try:
+            with self.store.session() as session:
+                run = session.get(Run, record_id)
+                assert run is not None
+                run.status = "ok" if report.ok else "failed"
+                run.finished_at = self._now()
+                run.window_since = report.window.since
+                run.window_until = report.window.until
+                run.requests = report.requests
+                run.listed, run.new, run.already = (
+                    report.listed,
+                    report.new,
+                    report.already,
+                )
+                run.by_type = json.dumps(
+                    {k: asdict(v) for k, v in report.by_type.items()}
+                )
+                run.error = report.error
+                self._prune_runs(session, report.kind, record_id)
+        except StoreUnavailableError as exc:
+            log.error("%s: cannot record the end of a run: %s", self.name, exc)
+
+    def _prune_runs(self, session, kind: str, newest_id: int) -> None:
+        session.execute(
+            delete(Run).where(
+                Run.provider == self.name,
+                Run.kind == kind,
+                Run.id <= newest_id - KEEP_RUNS,  # type: ignore[operator]
+            )
+        )
+
+    def _log_and_count(self, report: RunReport) -> None:
+        outcome = "ok" if report.ok else "failed"
+        self.metrics.runs.labels(self.name, report.kind, outcome).inc()
+        self.metrics.run_seconds.labels(self.name, report.kind).observe(report.seconds)
+        for kind, counts in report.by_type.items():
+            self.metrics.events_logged.labels(self.name, report.source).inc(counts.new)
+            if self.connector.provider.webhooks_enabled and report.kind == "reconcile":
+                self.metrics.missed_recovered.labels(self.name, kind).inc(counts.new)
+        if not report.ok:
+            log.error("%s: %s run failed: %s", self.name, report.kind, report.error)
+            return
+        if self.connector.provider.webhooks_enabled and report.kind == "reconcile":
+            for kind, counts in report.by_type.items():
+                if counts.new:
+                    log.warning(
+                        "%s: reconcile recovered %d missed webhook(s) of type %s",
+                        self.name,
+                        counts.new,
+                        kind,
+                    )
+        log.info(
+            "%s: %s listed %d, new %d, already %d, window %s to %s, "
+            "%d request(s), %.2fs",
+            self.name,
+            report.kind,
+            report.listed,
+            report.new,
+            report.already,
+            to_utc_iso(report.window.since) if report.window.since else "start",
+            to_utc_iso(report.window.until),
+            report.requests,
+            report.seconds,
+        )

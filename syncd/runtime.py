@@ -1,0 +1,37 @@
+"""What every command shares: the configuration, the store and the connectors."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from connectors.base import Connector
+from connectors.registry import load_connector
+from syncd.config import Config
+from syncd.metrics import Metrics
+from syncd.store import Store
+
+
+@dataclass
+class Runtime:
+    """The configuration with its store and one connector per provider."""
+
+    config: Config
+    store: Store
+    connectors: dict[str, Connector]
+    clock: Callable[[], float] = time.time
+    metrics: Metrics = field(default_factory=Metrics)
+
+    @classmethod
+    def open(cls, config: Config, clock: Callable[[], float] = time.time) -> Runtime:
+        """Open the store and build the connectors of ``config``."""
+        store = Store(config.daemon.database)
+        connectors = {
+            name: load_connector(provider.connector)(provider)
+            for name, provider in config.providers.items()
+        }
+        return cls(config=config, store=store, connectors=connectors, clock=clock)
+
+    def close(self) -> None:
+        self.store.dispose()

@@ -1,0 +1,266 @@
+"""Database engine, sessions, and the insert-or-count write path of the log.
+
+Deduplication is done by the database: one ``INSERT … ON CONFLICT (provider,
+key) DO UPDATE`` per batch, which stores a new event or counts a duplicate in
+one statement, so two concurrent deliveries of one event cannot both insert.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, func, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.orm import Session
+from sqlmodel import SQLModel
+
+from connectors.base import EventRecord
+from syncd.errors import StoreUnavailableError
+from syncd.models import Cursor, Event, SourceStats
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("webhook", "poll", "reconcile")
+
+# Serialises writers on PostgreSQL so that offsets commit in increasing order
+# and a reader following ``offset > last`` never skips a late commit.
+_WRITE_LOCK_ID = 0x73796E6364
+
+
+@dataclass
+class WriteResult:
+    """What one call of :func:`record_events` did."""
+
+    new: list[EventRecord] = field(default_factory=list)
+    new_offsets: list[int] = field(default_factory=list)
+    duplicates: list[EventRecord] = field(default_factory=list)
+
+
+class Store:
+    """The database behind the log: an engine and a session factory."""
+
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        if create:
+            self.create_schema()
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def create_schema(self) -> None:
+        """Create missing tables; existing ones are left as they are."""
+        try:
+            SQLModel.metadata.create_all(self.engine)
+        except SQLAlchemyError as exc:
+            raise StoreUnavailableError(
+                f"cannot create the schema in {redact_url(self.url)}: {exc}"
+            ) from exc
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """Open a session whose transaction commits on success.
+
+        Database failures are raised as StoreUnavailableError.
+        """
+        try:
+            with Session(self.engine, expire_on_commit=False) as session:
+                with session.begin():
+                    yield session
+        except (DBAPIError, OSError) as exc:
+            raise StoreUnavailableError(f"database error: {_short(exc)}") from exc
+
+    def ping(self) -> None:
+        """Run a trivial query; raise StoreUnavailableError if it fails."""
+        with self.session() as session:
+            session.execute(text("SELECT 1"))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def make_engine(url: str) -> Engine:
+    """Create the engine: SQLite in WAL mode, or PostgreSQL through psycopg 3."""
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    if url.startswith("sqlite:"):
+        _check_sqlite_directory(url)
+        engine = create_engine(url, connect_args={"timeout": 5})
+        event.listen(engine, "connect", _configure_sqlite)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _check_sqlite_directory(url: str) -> None:
+    path = url.removeprefix("sqlite:///")
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    directory = Path(path).parent
+    if not directory.is_dir():
+        raise StoreUnavailableError(
+            f"directory {str(directory)!r} of the SQLite database does not exist; "
+            "create it or change [daemon] database"
+        )
+
+
+def _configure_sqlite(connection: Any, _record: Any) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def record_events(
+    session: Session,
+    provider: str,
+    source: str,
+    records: Sequence[EventRecord],
+    seen_at: datetime,
+) -> WriteResult:
+    """Store new events and count duplicates, inside the caller's transaction.
+
+    A record whose (provider, key) is already in the log is not stored again:
+    its ``duplicates`` goes up by one and the stream's first-seen time is
+    filled in if this stream had not seen it yet.
+    """
+    result = WriteResult()
+    unique: dict[str, EventRecord] = {}
+    for record in records:
+        if record.key in unique:
+            result.duplicates.append(record)
+        else:
+            unique[record.key] = record
+    if not unique:
+        return result
+
+    _take_write_lock(session)
+    rows = [_row(provider, source, record, seen_at) for record in unique.values()]
+    statement = _upsert(session, source).returning(
+        Event.offset, Event.duplicates, sort_by_parameter_order=True
+    )
+    returned = session.execute(statement, rows).all()
+    for record, (offset, duplicates) in zip(unique.values(), returned, strict=True):
+        if duplicates == 0:
+            result.new.append(record)
+            result.new_offsets.append(offset)
+        else:
+            result.duplicates.append(record)
+
+    _count_arrivals(session, provider, source, len(records), result, seen_at)
+    return result
+
+
+def _row(provider: str, source: str, record: EventRecord, seen_at: datetime) -> dict:
+    stream = "webhook_seen_at" if source == "webhook" else "poll_seen_at"
+    row = {
+        "provider": provider,
+        "key": record.key,
+        "type": record.type,
+        "occurred_at": record.occurred_at,
+        "first_seen_at": seen_at,
+        "first_source": source,
+        "webhook_seen_at": None,
+        "poll_seen_at": None,
+        "duplicates": 0,
+        "resource": record.resource,
+        "version": record.version,
+        "payload": record.payload,
+    }
+    row[stream] = seen_at
+    return row
+
+
+def _upsert(session: Session, source: str) -> Any:
+    dialect = session.get_bind().dialect.name
+    module = postgresql if dialect == "postgresql" else sqlite
+    table = Event.__table__
+    statement = module.insert(table)
+    stream = "webhook_seen_at" if source == "webhook" else "poll_seen_at"
+    return statement.on_conflict_do_update(
+        index_elements=["provider", "key"],
+        set_={
+            "duplicates": table.c.duplicates + 1,
+            stream: func.coalesce(table.c[stream], statement.excluded[stream]),
+        },
+    )
+
+
+def _take_write_lock(session: Session) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(_WRITE_LOCK_ID)))
+
+
+def _count_arrivals(
+    session: Session,
+    provider: str,
+    source: str,
+    received: int,
+    result: WriteResult,
+    seen_at: datetime,
+) -> None:
+    dialect = session.get_bind().dialect.name
+    module = postgresql if dialect == "postgresql" else sqlite
+    table = SourceStats.__table__
+    statement = module.insert(table).values(
+        provider=provider,
+        source=source,
+        received=received,
+        duplicates=len(result.duplicates),
+        last_at=seen_at,
+    )
+    statement = statement.on_conflict_do_update(
+        index_elements=["provider", "source"],
+        set_={
+            "received": table.c.received + received,
+            "duplicates": table.c.duplicates + len(result.duplicates),
+            "last_at": seen_at,
+        },
+    )
+    session.execute(statement)
+
+
+def load_cursor(session: Session, provider: str, listing: str) -> dict[str, Any]:
+    """Return the stored cursor state of a listing, or an empty dict."""
+    row = session.get(Cursor, (provider, listing))
+    return json.loads(row.state) if row is not None else {}
+
+
+def save_cursor(
+    session: Session,
+    provider: str,
+    listing: str,
+    state: dict[str, Any],
+    now: datetime,
+) -> None:
+    """Store a listing's cursor state inside the caller's transaction."""
+    row = session.get(Cursor, (provider, listing))
+    if row is None:
+        row = Cursor(provider=provider, listing=listing, state="{}", updated_at=now)
+        session.add(row)
+    row.state = json.dumps(state, sort_keys=True)
+    row.updated_at = now
+
+
+def redact_url(url: str) -> str:
+    """Return a database URL with any password replaced by ``***``."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - a URL that does not parse is shown cut short
+        return url.split("@")[-1]
+
+
+def _short(exc: BaseException) -> str:
+    original = getattr(exc, "orig", None) or exc
+    return str(original).strip().splitlines()[0][:300]
