@@ -69,20 +69,31 @@ class PageRequest:
 class Window:
     """The span of provider time a listing run covers, both bounds inclusive.
 
-    ``since`` is None for a listing from the beginning.
+    ``since`` is None for a listing from the beginning; ``until`` is None for
+    a listing up to the newest event (polls), and a fixed time for a
+    reconcile window. Connectors whose API takes no upper bound may list past
+    ``until``; the extra events are stored like any other.
     """
 
     since: datetime | None
-    until: datetime
+    until: datetime | None
 
 
 @dataclass(slots=True)
 class Page:
-    """The events of one response and the request for the next page, if any."""
+    """The events of one response and the request for the next page, if any.
+
+    A connector for a capped feed (one that returns only its newest N
+    entries) sets ``gap_before`` on the last page when the feed ended before
+    reaching the window's ``since``: entries older than ``gap_before`` may be
+    missing, and the core reconciles that span through
+    :meth:`Connector.reconcile_listings`.
+    """
 
     records: list[EventRecord]
     next: PageRequest | None
     notes: list[str] = field(default_factory=list)
+    gap_before: datetime | None = None
 
 
 class NoOptions(BaseModel):
@@ -145,12 +156,29 @@ class Connector(ABC):
         """Return the names of the listings this provider is polled through."""
         return ["events"]
 
+    def reconcile_listings(self) -> list[str]:
+        """Return the listings a reconcile lists; resource listings, if any.
+
+        A connector whose poll listing is a capped feed returns listings here
+        that can cover any window in full.
+        """
+        return self.listings()
+
     def auth_headers(self) -> dict[str, str]:
         """Return the headers that authenticate API requests."""
         token = self.provider.api_token
         if token is None:
             return {}
         return {"Authorization": f"Bearer {token.get_secret_value()}"}
+
+    def rate_limit_wait(self, response: httpx.Response) -> float | None:
+        """Return seconds to wait before the next request, from provider headers.
+
+        The core already reads ``Retry-After`` and ``X-RateLimit-Remaining`` /
+        ``X-RateLimit-Reset``; override this for other schemes. None means no
+        wait is needed.
+        """
+        return None
 
     @abstractmethod
     def first_request(self, listing: str, window: Window) -> PageRequest:

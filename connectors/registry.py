@@ -17,6 +17,10 @@ GROUP = "syncd.connectors"
 
 _BUILT_IN = {
     "stripe": "connectors.stripe:StripeConnector",
+    "github": "connectors.github:GitHubConnector",
+    "shopify": "connectors.shopify:ShopifyConnector",
+    "standard-webhooks": "connectors.standard:StandardWebhooksConnector",
+    "rest": "connectors.rest:RestConnector",
 }
 
 

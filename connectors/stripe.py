@@ -74,7 +74,8 @@ class StripeConnector(Connector):
     ) -> list[EventRecord]:
         try:
             event = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        # ValueError also covers integers over Python's 4300-digit limit.
+        except (ValueError, RecursionError) as exc:
             raise PayloadError(f"body is not valid JSON: {exc}") from None
         try:
             record = self.event_record(event, body.decode("utf-8"))
@@ -86,7 +87,8 @@ class StripeConnector(Connector):
         params = [("limit", str(min(self.provider.page_size, 100)))]
         if window.since is not None:
             params.append(("created[gte]", str(math.floor(window.since.timestamp()))))
-        params.append(("created[lte]", str(math.ceil(window.until.timestamp()))))
+        if window.until is not None:
+            params.append(("created[lte]", str(math.ceil(window.until.timestamp()))))
         params.extend(("types[]", name) for name in self.options.event_types)
         return PageRequest(url="/v1/events", params=tuple(params))
 
@@ -127,14 +129,22 @@ class StripeConnector(Connector):
         if not isinstance(created, int) or isinstance(created, bool):
             raise ValueError(f"event {event_id} has no integer 'created'")
 
+        try:
+            occurred_at = datetime.fromtimestamp(created, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise ValueError(
+                f"event {event_id} has 'created' {created}, which is out of range"
+            ) from None
+
         resource = None
-        target = (event.get("data") or {}).get("object")
+        data = event.get("data")
+        target = data.get("object") if isinstance(data, dict) else None
         if isinstance(target, dict) and "id" in target:
             resource = f"{target.get('object', 'object')}:{target['id']}"
         return EventRecord(
             key=event_id,
             type=kind,
-            occurred_at=datetime.fromtimestamp(created, UTC),
+            occurred_at=occurred_at,
             payload=payload,
             resource=resource,
             version=str(created),
@@ -168,7 +178,7 @@ def parse_signature_header(value: str | None) -> tuple[int, list[str]]:
 def _json_object(response: httpx.Response) -> dict[str, Any]:
     try:
         body = response.json()
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):
         kind = response.headers.get("content-type", "no content type")
         raise ResponseError(f"response is not JSON ({kind})") from None
     if not isinstance(body, dict):

@@ -169,7 +169,7 @@ def _report_json(report: RunReport) -> dict[str, Any]:
         "ok": report.ok,
         "error": report.error,
         "since": to_utc_iso(report.window.since) if report.window.since else None,
-        "until": to_utc_iso(report.window.until),
+        "until": to_utc_iso(report.window.until) if report.window.until else None,
         "listed": report.listed,
         "already_in_log": report.already,
         "recovered": report.new,
@@ -188,7 +188,9 @@ def _print_reports(
     verb = "would recover" if dry_run else "recovered"
     for report in reports:
         data = _report_json(report)
-        click.echo(f"{report.provider}: {data['since'] or 'start'} to {data['until']}")
+        click.echo(
+            f"{report.provider}: {data['since'] or 'start'} to {data['until'] or 'now'}"
+        )
         if not report.ok:
             click.echo(f"  FAILED: {report.error}")
             continue
@@ -361,6 +363,11 @@ def status(config_path: str | None, as_json: bool) -> None:
             click.echo(f"  missed webhooks recovered: {item.missed_webhooks_recovered}")
         for listing, state in item.cursors.items():
             click.echo(f"  cursor {listing}: {state.get('high_water') or 'none yet'}")
+        for gap in item.open_gaps:
+            click.echo(
+                f"  GAP {gap['listing']}: {gap['since']} to {gap['until']}, "
+                f"{gap['reason']}"
+            )
 
 
 def _run_line(run: dict[str, Any] | None) -> str:

@@ -13,6 +13,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from syncd import __version__
 from syncd.intake import IntakeState, create_app
+from syncd.pacing import RateBudgets
 from syncd.reconcile import ProviderRunner
 from syncd.runtime import Runtime
 from syncd.store import WriteResult
@@ -44,6 +45,7 @@ class Daemon:
         self.writer = BatchWriter(runtime.store, on_commit=self._count_commit)
         self.state = IntakeState(runtime=runtime, writer=self.writer)
         self.client = httpx.Client(headers={"User-Agent": f"syncd/{__version__}"})
+        budgets = RateBudgets(runtime.clock)
         self.runners = {
             name: ProviderRunner(
                 runtime.store,
@@ -51,6 +53,7 @@ class Daemon:
                 self.client,
                 metrics=runtime.metrics,
                 clock=runtime.clock,
+                budgets=budgets,
             )
             for name, connector in runtime.connectors.items()
         }

@@ -6,6 +6,7 @@
     ├── ConfigError              fix the configuration; the daemon exits 78
     ├── ProviderError            a provider API call failed
     │   ├── RetriableError       timeouts, 5xx, 429: retry with backoff
+    │   ├── RateLimitedError     held longer than max_retry_wait: end the run
     │   ├── AuthenticationError  401/403 from the provider: fix the token
     │   └── ResponseError        a response syncd cannot read: the run fails
     ├── WebhookError             one webhook request is rejected
@@ -43,6 +44,14 @@ class RetriableError(ProviderError):
     """A transient failure; ``retry_after`` is the server's wait in seconds."""
 
     def __init__(self, message: str, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class RateLimitedError(ProviderError):
+    """The credential's rate limit holds requests longer than a run may wait."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
         self.retry_after = retry_after
         super().__init__(message)
 

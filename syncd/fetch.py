@@ -1,8 +1,12 @@
-"""Provider API requests with bounded retries.
+"""Provider API requests with bounded retries and a shared rate budget.
 
-Timeouts, connection errors, 5xx and 429 are retried with exponential
-backoff and full jitter, waiting at least what ``Retry-After`` asks for;
-401 and 403 raise AuthenticationError at once, other 4xx ResponseError.
+Timeouts, connection errors, 5xx, 429 and rate-limit 403s are retried with
+exponential backoff and full jitter, waiting at least what ``Retry-After``
+asks for (or a safe default when a rate limit names no time). Other 401 and
+403 answers raise AuthenticationError at once, other 4xx ResponseError.
+``X-RateLimit-Remaining: 0`` holds every request of that credential until
+its reset; a hold longer than ``max_retry_wait`` ends the run with
+RateLimitedError instead of blocking it.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 from tenacity import (
@@ -24,7 +28,18 @@ from tenacity import (
 )
 
 from connectors.base import Connector, PageRequest
-from syncd.errors import AuthenticationError, ResponseError, RetriableError
+from syncd.errors import (
+    AuthenticationError,
+    RateLimitedError,
+    ResponseError,
+    RetriableError,
+)
+from syncd.pacing import (
+    DEFAULT_RATE_LIMIT_WAIT,
+    RateBudget,
+    header_rate_limit_wait,
+    is_rate_limited,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +53,16 @@ class Fetcher:
         client: httpx.Client,
         *,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+        budget: RateBudget | None = None,
     ) -> None:
         self.connector = connector
         self.client = client
         self.sleep = sleep
+        self.clock = clock
+        self.budget = budget or RateBudget(clock)
         self.requests = 0
+        self.rate_limit_waits = 0
         settings = connector.provider
         self._wait_cap = settings.max_retry_wait.total_seconds()
         self._backoff = wait_exponential_jitter(initial=1, max=self._wait_cap)
@@ -56,30 +76,86 @@ class Fetcher:
             reraise=True,
         )
 
-    def fetch(self, request: PageRequest) -> httpx.Response:
-        """Send ``request``, retrying transient failures; raise ProviderError."""
-        return self._retrying(self._fetch_once, request)
+    def fetch(
+        self, request: PageRequest, validators: dict[str, str] | None = None
+    ) -> httpx.Response:
+        """Send ``request``, retrying transient failures; raise ProviderError.
+
+        With ``validators`` (``etag``, ``last_modified``) the request is
+        conditional, and a 304 answer is returned like a success.
+        """
+        return self._retrying(self._fetch_once, request, validators or {})
 
     def url_of(self, request: PageRequest) -> str:
-        """Return the absolute URL of a request, without its query."""
-        return urljoin(self.connector.api_base_url + "/", request.url.lstrip("/"))
+        """Return the absolute URL of a request, without its query.
 
-    def _fetch_once(self, request: PageRequest) -> httpx.Response:
+        Raises ResponseError for a URL on another origin than ``api_base_url``
+        (a ``next`` link elsewhere), so the API token is never sent there.
+        """
+        base = self.connector.api_base_url
+        url = urljoin(base + "/", request.url.lstrip("/"))
+        if _origin(url) != _origin(base):
+            raise ResponseError(
+                f"next page URL {_origin(url)} is not on api_base_url {base}; "
+                "refusing to send the API token there"
+            )
+        return url
+
+    def _fetch_once(
+        self, request: PageRequest, validators: dict[str, str]
+    ) -> httpx.Response:
         url = self.url_of(request)
+        self._wait_for_budget()
+        headers = dict(self.connector.auth_headers())
+        if validators.get("etag"):
+            headers["If-None-Match"] = validators["etag"]
+        if validators.get("last_modified"):
+            headers["If-Modified-Since"] = validators["last_modified"]
         self.requests += 1
         try:
             response = self.client.get(
                 url,
                 params=list(request.params),
-                headers=self.connector.auth_headers(),
+                headers=headers,
                 timeout=self.connector.provider.request_timeout.total_seconds(),
             )
         except httpx.TimeoutException as exc:
             raise RetriableError(f"GET {url} timed out: {exc!r}") from exc
         except httpx.TransportError as exc:
             raise RetriableError(f"GET {url} failed: {exc!r}") from exc
-        _raise_for_status(url, response)
+        self._note_rate_limit(response)
+        if response.status_code == 304 and validators:
+            return response
+        _raise_for_status(url, response, self.clock())
         return response
+
+    def _wait_for_budget(self) -> None:
+        wait = self.budget.wait_time()
+        if wait <= 0:
+            return
+        self.rate_limit_waits += 1
+        if wait > self._wait_cap:
+            raise RateLimitedError(
+                f"rate limited for {wait:.0f}s more ({self.budget.reason}); "
+                "the next run continues from the same cursor",
+                retry_after=wait,
+            )
+        log.warning(
+            "%s: rate limited (%s); waiting %.1fs",
+            self.connector.provider.name,
+            self.budget.reason,
+            wait,
+        )
+        self.sleep(wait)
+
+    def _note_rate_limit(self, response: httpx.Response) -> None:
+        wait = header_rate_limit_wait(response, self.clock())
+        reason = "X-RateLimit-Remaining is 0"
+        custom = self.connector.rate_limit_wait(response)
+        if custom is not None and (wait is None or custom > wait):
+            wait, reason = custom, "the provider's rate-limit header"
+        if wait:
+            self.budget.block_for(wait, reason)
 
     def _wait(self, state: RetryCallState) -> float:
         backoff = self._backoff(state)
@@ -99,13 +175,19 @@ class Fetcher:
         )
 
 
-def _raise_for_status(url: str, response: httpx.Response) -> None:
+def _raise_for_status(url: str, response: httpx.Response, now: float) -> None:
     status = response.status_code
     if 200 <= status < 300:
         return
-    if status == 429 or status >= 500:
+    if status >= 500:
         raise RetriableError(
             f"GET {url} answered {status}", retry_after=retry_after(response)
+        )
+    if status == 429 or (status == 403 and is_rate_limited(response)):
+        wait = retry_after(response) or header_rate_limit_wait(response, now)
+        raise RetriableError(
+            f"GET {url} answered {status} (rate limited)",
+            retry_after=wait or DEFAULT_RATE_LIMIT_WAIT,
         )
     if status in (401, 403):
         raise AuthenticationError(
@@ -130,6 +212,11 @@ def retry_after(response: httpx.Response) -> float | None:
         log.warning("ignoring unreadable Retry-After header %r", value[:40])
         return None
     return max(0.0, moment.timestamp() - time.time())
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc
 
 
 def _snippet(response: httpx.Response) -> str:

@@ -120,3 +120,23 @@ class SourceStats(SQLModel, table=True):
     received: int = 0
     duplicates: int = 0
     last_at: datetime | None = _time()
+
+
+class Gap(SQLModel, table=True):
+    """A span of provider time syncd could not list, reported until resolved.
+
+    ``reason`` says why (beyond the provider's retention, a capped feed);
+    ``resolved_at`` is set once a later run has listed the span in full.
+    """
+
+    __tablename__ = "gaps"
+    __table_args__ = (Index("ix_gaps_provider", "provider", "resolved_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    provider: str = Field(max_length=64)
+    listing: str = Field(max_length=128)
+    since: datetime = _time(nullable=False)
+    until: datetime = _time(nullable=False)
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    detected_at: datetime = _time(nullable=False)
+    resolved_at: datetime | None = _time()

@@ -3,8 +3,9 @@
 Each page's events and the progress that covers them are committed in one
 transaction, so a crash between pages re-reads at most one page. Polling
 keeps its progress in the cursor table; a cursor's ``high_water`` is the
-``until`` of the last completed run, and the next run starts ``lookback``
-before it so that events which became visible late are listed again.
+newest provider time that a completed run saw, and the next run starts
+``lookback`` before it so that events which became visible late are listed
+again.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 from sqlalchemy.orm import Session
 
 from connectors.base import Connector, Page, PageRequest, Window
 from syncd.fetch import Fetcher
+from syncd.gaps import GapNotice
+from syncd.pacing import server_poll_interval
 from syncd.store import Store, WriteResult, load_cursor, record_events, save_cursor
-from syncd.units import parse_time, to_utc_iso
+from syncd.units import format_duration, parse_time, to_utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,9 @@ class RunReport:
     notes: list[str] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
+    not_modified: bool = False
+    skipped: bool = False
+    gaps: list[GapNotice] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -71,7 +78,14 @@ class RunReport:
             self.by_type[record.type].already += 1
 
 
-PageHook = Callable[[Session, Page], None]
+PageHook = Callable[[Session, Page, httpx.Response], None]
+
+# Conditional polls: after this many 304s in a row, or this long since the
+# last full answer, send one request without validators, because some
+# servers keep answering 304 after new data exists.
+MAX_NOT_MODIFIED = 10
+MAX_CONDITIONAL_AGE = timedelta(minutes=15)
+_PACING_KEYS = ("validators", "not_modified", "full_answer_at", "not_before")
 
 
 def run_listing(
@@ -83,26 +97,54 @@ def run_listing(
     *,
     start: PageRequest | None = None,
     on_page: PageHook | None = None,
+    validators: dict[str, str] | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-) -> None:
+) -> httpx.Response | None:
     """List ``report.window`` page by page, committing each page as it comes.
 
-    ``on_page`` runs inside each page's transaction (to save a cursor). A
-    failure raises after the pages before it are committed.
+    ``on_page`` runs inside each page's transaction (to save a cursor).
+    ``validators`` make the first request conditional; a 304 ends the run
+    with ``report.not_modified`` set. Returns the first response. A failure
+    raises after the pages before it are committed.
     """
     request = start or connector.first_request(listing, report.window)
+    first: httpx.Response | None = None
     while request is not None:
-        response = fetcher.fetch(request)
+        response = fetcher.fetch(request, validators if first is None else None)
+        first = first or response
+        if response.status_code == 304:
+            report.not_modified = True
+            return first
         page = connector.parse_page(listing, request, response)
         with store.session() as session:
             result = record_events(
                 session, connector.provider.name, report.source, page.records, clock()
             )
             if on_page is not None:
-                on_page(session, page)
+                on_page(session, page, response)
         report.add(result, page.records)
         report.notes.extend(page.notes)
+        _note_capped_feed(connector, listing, report, page)
         request = page.next
+    return first
+
+
+def _note_capped_feed(
+    connector: Connector, listing: str, report: RunReport, page: Page
+) -> None:
+    since = report.window.since
+    if page.gap_before is None or since is None or page.gap_before <= since:
+        return
+    recoverable = connector.reconcile_listings() != connector.listings()
+    report.gaps.append(
+        GapNotice(
+            listing,
+            since,
+            page.gap_before,
+            "the feed returned only its newest entries, none as old as the cursor",
+            recoverable,
+        )
+    )
 
 
 def poll_listing(
@@ -112,53 +154,179 @@ def poll_listing(
     listing: str,
     now: datetime,
 ) -> RunReport:
-    """Run one cursor-driven poll of a listing and return its report."""
+    """Run one cursor-driven poll of a listing and return its report.
+
+    The poll is skipped while the server's requested interval has not passed.
+    """
     name = connector.provider.name
     with store.session() as session:
         state = load_cursor(session, name, listing)
     window, start, state = _resume_or_begin(connector, state, now)
     report = RunReport(name, "poll", "poll", window)
+    if _too_early(state, now):
+        report.skipped = True
+        return report
+    if start is None:
+        window, gap = clamp_to_retention(connector, window, now)
+        report.window = window
+        if gap is not None:
+            report.gaps.append(GapNotice(listing, *gap))
+            state["since"] = to_utc_iso(window.since) if window.since else None
 
-    def save_progress(session: Session, page: Page) -> None:
-        progress = dict(state, next=page.next.to_json() if page.next else None)
-        if page.next is None:
-            progress.update(high_water=to_utc_iso(window.until), since=None, until=None)
-        save_cursor(session, name, listing, progress, now)
-
+    first_request = start or connector.first_request(listing, window)
+    validators = _validators(state, first_request, start, now)
     started = time.monotonic()
-    run_listing(
-        store, connector, fetcher, listing, report, start=start, on_page=save_progress
+    first = run_listing(
+        store,
+        connector,
+        fetcher,
+        listing,
+        report,
+        start=first_request,
+        on_page=lambda session, page, response: _save_page_progress(
+            session, name, listing, state, page, now
+        ),
+        validators=validators,
+        clock=lambda: now,
     )
     report.seconds = time.monotonic() - started
+    _after_run(store, connector, listing, state, report, first, first_request, now)
     return report
+
+
+def _save_page_progress(
+    session: Session,
+    name: str,
+    listing: str,
+    state: dict[str, Any],
+    page: Page,
+    now: datetime,
+) -> None:
+    newest = max((r.occurred_at for r in page.records), default=None)
+    state["seen_max"] = _later(state.get("seen_max"), newest)
+    state["next"] = page.next.to_json() if page.next else None
+    if page.next is None:
+        seen_max = state.pop("seen_max")
+        newest_seen = parse_time(seen_max) if seen_max else None
+        high_water = _later(state.get("high_water"), newest_seen)
+        state.update(high_water=high_water, since=None)
+    save_cursor(session, name, listing, state, now)
+
+
+def _too_early(state: dict[str, Any], now: datetime) -> bool:
+    not_before = state.get("not_before")
+    return not state.get("next") and bool(not_before) and parse_time(not_before) > now
+
+
+def _validators(
+    state: dict[str, Any],
+    request: PageRequest,
+    resumed: PageRequest | None,
+    now: datetime,
+) -> dict[str, str] | None:
+    """Return the validators to send, or None for an unconditional request."""
+    stored = state.get("validators")
+    if resumed is not None or not stored or stored["request"] != request.to_json():
+        return None
+    if state.get("not_modified", 0) >= MAX_NOT_MODIFIED:
+        return None
+    full_at = state.get("full_answer_at")
+    if not full_at or now - parse_time(full_at) >= MAX_CONDITIONAL_AGE:
+        return None
+    return {k: v for k, v in stored.items() if k in ("etag", "last_modified") and v}
+
+
+def _after_run(
+    store: Store,
+    connector: Connector,
+    listing: str,
+    state: dict[str, Any],
+    report: RunReport,
+    first: httpx.Response | None,
+    first_request: PageRequest,
+    now: datetime,
+) -> None:
+    """Store validators and the server's poll interval after a run."""
+    if first is None:
+        return
+    if report.not_modified:
+        state["not_modified"] = state.get("not_modified", 0) + 1
+    else:
+        state["not_modified"] = 0
+        state["full_answer_at"] = to_utc_iso(now)
+        state["validators"] = _new_validators(first, first_request)
+    interval = _next_interval(connector, first)
+    state["not_before"] = to_utc_iso(now + interval) if interval else None
+    with store.session() as session:
+        save_cursor(session, connector.provider.name, listing, state, now)
+
+
+def _new_validators(
+    response: httpx.Response, request: PageRequest
+) -> dict[str, Any] | None:
+    etag = response.headers.get("etag")
+    last_modified = response.headers.get("last-modified")
+    if not etag and not last_modified:
+        return None
+    return {"request": request.to_json(), "etag": etag, "last_modified": last_modified}
+
+
+def _next_interval(connector: Connector, response: httpx.Response) -> timedelta | None:
+    seconds, problem = server_poll_interval(response)
+    if problem is not None:
+        backoff = connector.provider.poll_interval * 2
+        log.warning(
+            "%s: %s; waiting %s before the next poll",
+            connector.provider.name,
+            problem,
+            format_duration(backoff),
+        )
+        return backoff
+    return timedelta(seconds=seconds) if seconds else None
+
+
+def _later(stored: str | None, candidate: datetime | None) -> str | None:
+    """Return the later of a stored ISO time and a new one, as ISO text."""
+    if candidate is None:
+        return stored
+    if stored is not None and parse_time(stored) >= candidate:
+        return stored
+    return to_utc_iso(candidate)
 
 
 def _resume_or_begin(
     connector: Connector, state: dict[str, Any], now: datetime
 ) -> tuple[Window, PageRequest | None, dict[str, Any]]:
-    """Return the window, the request to resume from, and the state to keep."""
+    """Return the window, the request to resume from, and the state to keep.
+
+    The high-water mark is the newest provider time seen by a completed run,
+    so a clock difference between this host and the provider never moves it.
+    """
     if state.get("next"):
         since = parse_time(state["since"]) if state.get("since") else None
-        window = Window(since=since, until=parse_time(state["until"]))
-        return window, PageRequest.from_json(state["next"]), state
+        return (
+            Window(since=since, until=None),
+            PageRequest.from_json(state["next"]),
+            state,
+        )
 
     settings = connector.provider
-    origin = (
-        parse_time(state["origin"])
-        if state.get("origin")
-        else _origin(settings.start_from, now)
-    )
+    if state.get("origin"):
+        origin = parse_time(state["origin"])
+    else:
+        origin = _origin(settings.start_from, now)
     since = origin
     if state.get("high_water"):
         since = max(origin, parse_time(state["high_water"]) - settings.lookback)
-    window = Window(since=since, until=now)
+    kept = {key: state[key] for key in _PACING_KEYS if key in state}
     state = {
+        **kept,
         "origin": to_utc_iso(origin),
         "high_water": state.get("high_water"),
         "since": to_utc_iso(since),
-        "until": to_utc_iso(now),
+        "next": None,
     }
-    return window, None, state
+    return Window(since=since, until=None), None, state
 
 
 def _origin(start_from: str | datetime, now: datetime) -> datetime:
@@ -167,16 +335,19 @@ def _origin(start_from: str | datetime, now: datetime) -> datetime:
 
 def clamp_to_retention(
     connector: Connector, window: Window, now: datetime
-) -> tuple[Window, str | None]:
-    """Cut a window to what the provider still keeps, with a note on the gap."""
+) -> tuple[Window, tuple[datetime, datetime, str, bool] | None]:
+    """Cut a window to what the provider still keeps.
+
+    Returns the window and, when it was cut, the lost span, its reason, and
+    whether a reconcile through resource listings can still cover it.
+    """
     retention: timedelta | None = connector.retention
     if retention is None or window.since is None:
         return window, None
     oldest = now - retention
     if window.since >= oldest:
         return window, None
-    note = (
-        f"events from {to_utc_iso(window.since)} to {to_utc_iso(oldest)} are older "
-        f"than the provider's {retention.days}-day retention and cannot be listed"
-    )
-    return Window(since=oldest, until=window.until), note
+    reason = f"older than the provider's {retention.days}-day retention"
+    recoverable = connector.reconcile_listings() != connector.listings()
+    gap = (window.since, oldest, reason, recoverable)
+    return Window(since=oldest, until=window.until), gap

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from syncd.gaps import open_gaps
 from syncd.models import Cursor, Event, Run, SourceStats
 from syncd.store import Store
 from syncd.units import to_utc_iso
@@ -88,6 +89,7 @@ class ProviderStatus:
     last_reconcile: dict[str, Any] | None = None
     cursors: dict[str, Any] = field(default_factory=dict)
     missed_webhooks_recovered: int = 0
+    open_gaps: list[dict[str, Any]] = field(default_factory=list)
 
 
 def provider_status(store: Store, name: str, mode: str) -> ProviderStatus:
@@ -115,6 +117,16 @@ def provider_status(store: Store, name: str, mode: str) -> ProviderStatus:
             status.cursors[cursor.listing] = json.loads(cursor.state)
     if mode != "polling":
         status.missed_webhooks_recovered = status.events_by_source.get("reconcile", 0)
+    status.open_gaps = [
+        {
+            "listing": gap.listing,
+            "since": to_utc_iso(gap.since),
+            "until": to_utc_iso(gap.until),
+            "reason": gap.reason,
+            "detected_at": to_utc_iso(gap.detected_at),
+        }
+        for gap in open_gaps(store, name)
+    ]
     return status
 
 

@@ -23,8 +23,10 @@ from sqlalchemy import delete, select
 from connectors.base import Connector, Window
 from syncd.errors import ProviderError, StoreUnavailableError
 from syncd.fetch import Fetcher
+from syncd.gaps import GapNotice, record_gap, resolve_gap
 from syncd.metrics import Metrics
 from syncd.models import Event, Run
+from syncd.pacing import RateBudgets
 from syncd.polling import RunReport, clamp_to_retention, poll_listing, run_listing
 from syncd.store import Store
 from syncd.units import to_utc_iso
@@ -46,6 +48,7 @@ class ProviderRunner:
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        budgets: RateBudgets | None = None,
     ) -> None:
         self.store = store
         self.connector = connector
@@ -53,6 +56,7 @@ class ProviderRunner:
         self.metrics = metrics or Metrics()
         self.clock = clock
         self.sleep = sleep
+        self.budgets = budgets or RateBudgets(clock)
 
     @property
     def name(self) -> str:
@@ -65,7 +69,7 @@ class ProviderRunner:
         """Poll every listing from its cursor; return one report per listing."""
         reports = []
         for listing in self.connector.listings():
-            fetcher = Fetcher(self.connector, self.client, sleep=self.sleep)
+            fetcher = self._fetcher()
             report = self._recorded(
                 "poll",
                 trigger,
@@ -74,8 +78,20 @@ class ProviderRunner:
                 ),
                 fetcher,
             )
+            self._handle_gaps(report)
             reports.append(report)
         return reports
+
+    def _handle_gaps(self, report: RunReport) -> None:
+        """Record each gap a run found and reconcile the ones that can be covered."""
+        for notice in report.gaps:
+            gap_id = record_gap(self.store, self.name, notice, self._now())
+            report.notes.append(notice.describe())
+            if not notice.recoverable:
+                continue
+            covered = self.reconcile(notice.since, notice.until, trigger="gap")
+            if covered.ok:
+                resolve_gap(self.store, gap_id, self._now())
 
     def reconcile(
         self,
@@ -88,20 +104,31 @@ class ProviderRunner:
         """List a window of every listing and add what the log lacks."""
         now = self._now()
         window = Window(since=since or self._default_since(now), until=until or now)
-        window, gap = clamp_to_retention(self.connector, window, now)
-        fetcher = Fetcher(self.connector, self.client, sleep=self.sleep)
+        listings = self.connector.reconcile_listings()
+        gap = None
+        if listings == self.connector.listings():
+            window, gap = clamp_to_retention(self.connector, window, now)
+        fetcher = self._fetcher()
 
         def run() -> RunReport:
             report = RunReport(self.name, "reconcile", "reconcile", window)
-            if gap:
-                report.notes.append(gap)
-                log.warning("%s: %s", self.name, gap)
+            if gap is not None and not dry_run:
+                notice = GapNotice(",".join(listings), *gap)
+                record_gap(self.store, self.name, notice, now)
+                report.notes.append(notice.describe())
             started = time.monotonic()
-            for listing in self.connector.listings():
+            for listing in listings:
                 if dry_run:
                     self._dry_run_listing(fetcher, listing, report)
                 else:
-                    run_listing(self.store, self.connector, fetcher, listing, report)
+                    run_listing(
+                        self.store,
+                        self.connector,
+                        fetcher,
+                        listing,
+                        report,
+                        clock=self._now,
+                    )
             report.seconds = time.monotonic() - started
             return report
 
@@ -110,6 +137,15 @@ class ProviderRunner:
                 run, RunReport(self.name, "reconcile", "reconcile", window), fetcher
             )
         return self._recorded("reconcile", trigger, run, fetcher, window)
+
+    def _fetcher(self) -> Fetcher:
+        return Fetcher(
+            self.connector,
+            self.client,
+            sleep=self.sleep,
+            clock=self.clock,
+            budget=self.budgets.for_connector(self.connector),
+        )
 
     def _default_since(self, now: datetime) -> datetime:
         settings = self.connector.provider
@@ -209,6 +245,9 @@ class ProviderRunner:
             with self.store.session() as session:
                 run = session.get(Run, record_id)
                 assert run is not None
+                if report.skipped:
+                    session.delete(run)
+                    return
                 run.status = "ok" if report.ok else "failed"
                 run.finished_at = self._now()
                 run.window_since = report.window.since
@@ -237,6 +276,9 @@ class ProviderRunner:
         )
 
     def _log_and_count(self, report: RunReport) -> None:
+        if report.skipped:
+            log.debug("%s: poll skipped until the server's interval passes", self.name)
+            return
         outcome = "ok" if report.ok else "failed"
         self.metrics.runs.labels(self.name, report.kind, outcome).inc()
         self.metrics.run_seconds.labels(self.name, report.kind).observe(report.seconds)
@@ -265,7 +307,7 @@ class ProviderRunner:
             report.new,
             report.already,
             to_utc_iso(report.window.since) if report.window.since else "start",
-            to_utc_iso(report.window.until),
+            to_utc_iso(report.window.until) if report.window.until else "now",
             report.requests,
             report.seconds,
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, select, text
+from sqlalchemy import Engine, create_engine, event, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -146,18 +147,40 @@ def record_events(
     _take_write_lock(session)
     rows = [_row(provider, source, record, seen_at) for record in unique.values()]
     statement = _upsert(session, source).returning(
-        Event.offset, Event.duplicates, sort_by_parameter_order=True
+        Event.key, Event.offset, Event.duplicates, sort_by_parameter_order=True
     )
-    returned = session.execute(statement, rows).all()
-    for record, (offset, duplicates) in zip(unique.values(), returned, strict=True):
+    # Rows are matched by key, not by position: on PostgreSQL, SQLAlchemy
+    # orders the RETURNING rows of this upsert by offset, and a row that hit
+    # the conflict keeps its older, lower offset.
+    returned = {
+        key: (offset, duplicates)
+        for key, offset, duplicates in session.execute(statement, rows)
+    }
+    for record in unique.values():
+        offset, duplicates = returned[record.key]
         if duplicates == 0:
             result.new.append(record)
             result.new_offsets.append(offset)
         else:
             result.duplicates.append(record)
+    _count_batch_repeats(session, provider, records)
 
     _count_arrivals(session, provider, source, len(records), result, seen_at)
     return result
+
+
+def _count_batch_repeats(
+    session: Session, provider: str, records: Sequence[EventRecord]
+) -> None:
+    """Add the repeats of a key inside one batch to its duplicates column."""
+    repeats = Counter(record.key for record in records)
+    for key, count in repeats.items():
+        if count > 1:
+            session.execute(
+                update(Event)
+                .where(Event.provider == provider, Event.key == key)
+                .values(duplicates=Event.duplicates + (count - 1))
+            )
 
 
 def _row(provider: str, source: str, record: EventRecord, seen_at: datetime) -> dict:

@@ -62,19 +62,34 @@ def test_poll_event_visible_late(database_url, simulator, harness_factory, clock
     assert max(keys.values()) == 1
 
 
-def test_poll_cursor_advances_to_run_end(
+def test_poll_cursor_follows_provider_time(
     database_url, simulator, harness_factory, clock
 ):
-    """A completed poll stores its window end as the high-water mark."""
+    """A completed poll stores the newest provider time seen, not this host's."""
     harness = harness_factory(polling_config(database_url, simulator))
     simulator.emit("invoice.paid", created=T0 - 10)
+    clock.advance(600)
 
     harness.runner.poll()
 
     with harness.runtime.store.session() as session:
         state = load_cursor(session, "payments", "events")
-    assert state["high_water"] == "2024-05-01T10:00:00.000000Z"
+    assert state["high_water"] == "2024-05-01T09:59:50.000000Z"
     assert state["next"] is None
+
+
+def test_poll_with_host_clock_ahead(database_url, simulator, harness_factory, clock):
+    """A host clock ten minutes ahead of the provider's loses no event."""
+    harness = harness_factory(polling_config(database_url, simulator))
+    simulator.emit("invoice.paid", created=T0 - 10)
+    harness.runner.poll()
+    ahead = harness.runner.clock
+    harness.runner.clock = lambda: ahead() + 600
+    later = simulator.emit("invoice.paid", created=T0 + 1)
+
+    harness.runner.poll()
+
+    assert later["id"] in logged_keys(harness.runtime.store)
 
 
 def test_poll_resumes_after_failed_page(

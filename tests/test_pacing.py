@@ -1,0 +1,341 @@
+"""Conditional requests, server poll intervals and rate limits, through respx."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import httpx
+import pytest
+import respx
+
+from syncd import config as config_module
+from syncd.pacing import RateBudgets
+from syncd.reconcile import ProviderRunner
+from syncd.runtime import Runtime
+from syncd.store import load_cursor
+
+BASE = "http://127.0.0.1:9"
+T0 = 1714557600
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = float(T0)
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def event(number: int, created: int) -> dict:
+    return {
+        "id": f"evt_{number}",
+        "object": "event",
+        "type": "invoice.paid",
+        "created": created,
+        "data": {"object": {"id": f"in_{number}", "object": "invoice"}},
+    }
+
+
+def page(*events: dict, headers: dict | None = None, status: int = 200):
+    body = {
+        "object": "list",
+        "data": list(events),
+        "has_more": False,
+        "url": "/v1/events",
+    }
+    return httpx.Response(status, json=body, headers=headers or {})
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def runner_factory(database_url, clock):
+    """Return a function building a polling runner on the test database."""
+    opened = []
+
+    def build(budgets=None, token="sk_test_pacing", name="payments", **provider):
+        config = config_module.parse(
+            {
+                "daemon": {"database": database_url},
+                "providers": {
+                    name: {
+                        "connector": "stripe",
+                        "api_base_url": BASE,
+                        "api_token": token,
+                        "start_from": "2024-05-01T09:00:00Z",
+                        "max_retry_wait": "2m",
+                        **provider,
+                    }
+                },
+            }
+        )
+        runtime = Runtime.open(config, clock=clock)
+        client = httpx.Client()
+        sleeps: list[float] = []
+        runner = ProviderRunner(
+            runtime.store,
+            runtime.connectors[name],
+            client,
+            clock=clock,
+            sleep=sleeps.append,
+            budgets=budgets,
+        )
+        runner.sleeps = sleeps
+        opened.append((runtime, client))
+        return runner
+
+    yield build
+    for runtime, client in opened:
+        client.close()
+        runtime.close()
+
+
+def cursor_state(runner) -> dict:
+    with runner.store.session() as session:
+        return load_cursor(session, runner.name, "events")
+
+
+@respx.mock
+def test_etag_sent_and_304_is_healthy(runner_factory, clock):
+    """A stored ETag is sent back, and a 304 counts as a healthy poll."""
+    route = respx.get(f"{BASE}/v1/events").mock(
+        side_effect=[
+            page(event(1, T0 - 5)),
+            page(event(1, T0 - 5), headers={"ETag": '"v1"'}),
+            httpx.Response(304),
+        ]
+    )
+    runner = runner_factory()
+    runner.poll()
+    runner.poll()
+    clock.now += 61
+
+    report = runner.poll()[0]
+
+    assert report.ok
+    assert report.not_modified
+    assert route.calls[2].request.headers["If-None-Match"] == '"v1"'
+
+
+@respx.mock
+def test_stale_etag_gets_unconditional_request(runner_factory, clock):
+    """After repeated 304s, one request goes out without validators (FC-15)."""
+    answers = [page(event(1, T0 - 5))]
+    answers += [page(event(1, T0 - 5), headers={"ETag": '"v1"'})]
+    answers += [httpx.Response(304)] * 10
+    answers += [page(event(1, T0 - 5), event(2, T0 + 100))]
+    route = respx.get(f"{BASE}/v1/events").mock(side_effect=answers)
+    runner = runner_factory()
+    for _ in range(13):
+        runner.poll()
+        clock.now += 30
+
+    last = route.calls[-1].request
+    assert "If-None-Match" not in last.headers
+    assert cursor_state(runner)["high_water"] == "2024-05-01T10:01:40.000000Z"
+
+
+@respx.mock
+def test_x_poll_interval_delays_next_poll(runner_factory, clock):
+    """X-Poll-Interval: 60 keeps the next poll at least 60 s away (FC-16)."""
+    route = respx.get(f"{BASE}/v1/events").mock(
+        return_value=page(headers={"X-Poll-Interval": "60"})
+    )
+    runner = runner_factory(poll_interval="10s")
+    runner.poll()
+    clock.now += 30
+
+    skipped = runner.poll()[0]
+    clock.now += 31
+    runner.poll()
+
+    assert skipped.skipped
+    assert route.call_count == 2
+
+
+@respx.mock
+def test_cache_control_max_age_on_304(runner_factory, clock):
+    """A 304 with Cache-Control max-age=300 is healthy and spaces the polls."""
+    respx.get(f"{BASE}/v1/events").mock(
+        side_effect=[
+            page(headers={"ETag": '"a"'}),
+            httpx.Response(304, headers={"Cache-Control": "private, max-age=300"}),
+            page(),
+        ]
+    )
+    runner = runner_factory(start_from="now")
+    runner.poll()
+    clock.now += 60
+    healthy = runner.poll()[0]
+    clock.now += 299
+
+    early = runner.poll()[0]
+
+    assert healthy.ok
+    assert early.skipped
+
+
+@respx.mock
+def test_unreadable_poll_interval_backs_off(runner_factory, clock, caplog):
+    """X-Poll-Interval: abc is logged and backs off instead of reading as 0."""
+    respx.get(f"{BASE}/v1/events").mock(
+        return_value=page(headers={"X-Poll-Interval": "abc"})
+    )
+    runner = runner_factory(poll_interval="1m")
+    with caplog.at_level(logging.WARNING):
+        runner.poll()
+    clock.now += 61
+
+    report = runner.poll()[0]
+
+    assert report.skipped
+    assert "unreadable X-Poll-Interval 'abc'" in caplog.text
+
+
+@respx.mock
+def test_remaining_zero_waits_for_reset(runner_factory, clock):
+    """X-RateLimit-Remaining: 0 holds the next request until the reset time."""
+    respx.get(f"{BASE}/v1/events").mock(
+        side_effect=[
+            httpx.Response(
+                200,
+                json={
+                    "object": "list",
+                    "data": [event(1, T0 - 5)],
+                    "has_more": True,
+                    "url": "/v1/events",
+                },
+                headers={
+                    "X-RateLimit-Remaining": "0",
+                    "X-RateLimit-Reset": str(T0 + 45),
+                },
+            ),
+            page(),
+        ]
+    )
+    runner = runner_factory()
+
+    report = runner.poll()[0]
+
+    assert report.ok
+    assert runner.sleeps == [45.0]
+
+
+@respx.mock
+def test_secondary_rate_limit_403_retried(runner_factory, clock):
+    """A 403 naming a secondary rate limit is retried even with quota left."""
+    respx.get(f"{BASE}/v1/events").mock(
+        side_effect=[
+            httpx.Response(
+                403,
+                json={"message": "You have exceeded a secondary rate limit."},
+                headers={"X-RateLimit-Remaining": "4000"},
+            ),
+            page(event(1, T0 - 5)),
+        ]
+    )
+    runner = runner_factory()
+
+    report = runner.poll()[0]
+
+    assert report.ok
+    assert runner.sleeps[0] >= 60
+
+
+@respx.mock
+def test_429_without_header_waits_default(runner_factory, clock):
+    """A 429 without Retry-After waits a safe default before retrying."""
+    respx.get(f"{BASE}/v1/events").mock(
+        side_effect=[
+            httpx.Response(429),
+            page(event(1, T0 - 5)),
+        ]
+    )
+    runner = runner_factory()
+
+    runner.poll()
+
+    assert runner.sleeps[0] >= 60
+
+
+@respx.mock
+def test_plain_403_is_authentication_error(runner_factory, clock):
+    """A 403 without rate-limit signs fails the run at once, naming the token."""
+    respx.get(f"{BASE}/v1/events").mock(
+        return_value=httpx.Response(403, json={"message": "Forbidden"})
+    )
+    runner = runner_factory()
+
+    report = runner.poll()[0]
+
+    assert not report.ok
+    assert "api_token" in report.error
+    assert runner.sleeps == []
+
+
+@respx.mock
+def test_long_hold_ends_run_without_advancing(runner_factory, clock):
+    """A rate limit longer than max_retry_wait ends the run; the cursor stays."""
+    respx.get(f"{BASE}/v1/events").mock(
+        side_effect=[
+            page(
+                event(1, T0 - 5),
+                headers={
+                    "X-RateLimit-Remaining": "0",
+                    "X-RateLimit-Reset": str(T0 + 3600),
+                },
+            ),
+            page(event(2, T0 + 10)),
+        ]
+    )
+    runner = runner_factory()
+    runner.poll()
+    before = cursor_state(runner)
+    clock.now += 60
+
+    report = runner.poll()[0]
+
+    assert not report.ok
+    assert "rate limited" in report.error
+    assert cursor_state(runner)["high_water"] == before["high_water"]
+
+
+@respx.mock
+def test_budget_shared_by_one_credential(runner_factory, clock):
+    """Two providers with one token share a budget; another token does not."""
+    respx.get(f"{BASE}/v1/events").mock(
+        side_effect=[
+            page(
+                headers={
+                    "X-RateLimit-Remaining": "0",
+                    "X-RateLimit-Reset": str(T0 + 30),
+                }
+            ),
+            page(),
+            page(),
+        ]
+    )
+    budgets = RateBudgets(clock)
+    first = runner_factory(budgets=budgets, name="first")
+    same = runner_factory(budgets=budgets, name="second")
+    other = runner_factory(budgets=budgets, name="third", token="sk_other")
+    first.poll()
+
+    same.poll()
+    other.poll()
+
+    assert same.sleeps == [30.0]
+    assert other.sleeps == []
+
+
+def test_cursor_state_is_json(runner_factory):
+    """The stored cursor state is plain JSON."""
+    runner = runner_factory()
+    with respx.mock:
+        respx.get(f"{BASE}/v1/events").mock(return_value=page(event(1, T0 - 5)))
+        runner.poll()
+    assert json.loads(json.dumps(cursor_state(runner)))["high_water"]
