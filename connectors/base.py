@@ -120,6 +120,17 @@ class Connector(ABC):
         self.provider = provider
         self.options: Any = provider.options
 
+    @classmethod
+    def check_provider(cls, provider: ProviderConfig) -> list[tuple[str, str]]:
+        """Return problems that involve the common keys, as (key, message) pairs.
+
+        Called when the configuration is loaded, after ``Options`` validated
+        the connector's own keys, so a check can combine both (a secret whose
+        format this provider needs, a base URL it cannot do without). Each
+        message says what is wrong and the fix, and never contains a secret.
+        """
+        return []
+
     @property
     def api_base_url(self) -> str:
         """Return the configured base URL, or the provider's public API."""

@@ -50,16 +50,22 @@ def _load_config(path: str | None) -> config_module.Config:
     try:
         return config_module.load(path)
     except ConfigError as exc:
-        click.echo("error: invalid configuration:", err=True)
-        for problem in exc.problems:
-            click.echo(f"  - {problem}", err=True)
-        sys.exit(EXIT_CONFIG)
+        _config_problems(exc)
+
+
+def _config_problems(exc: ConfigError) -> NoReturn:
+    click.echo("error: invalid configuration:", err=True)
+    for problem in exc.problems:
+        click.echo(f"  - {problem}", err=True)
+    sys.exit(EXIT_CONFIG)
 
 
 def _open(path: str | None) -> Runtime:
     config = _load_config(path)
     try:
         return Runtime.open(config)
+    except ConfigError as exc:
+        _config_problems(exc)
     except StoreUnavailableError as exc:
         _fail(str(exc))
 
@@ -436,3 +442,7 @@ def demo(count: int, drop: float, repeat: float, seed: int) -> None:
         count=count, drop_rate=drop, repeat_rate=repeat, seed=seed, echo=click.echo
     )
     sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -62,8 +62,10 @@ class DaemonConfig(BaseModel):
     @classmethod
     def _check_database(cls, value: str) -> str:
         if not value.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:")):
+            # Only the scheme is shown, since the URL may contain a password.
+            scheme = value.partition(":")[0]
             raise ValueError(
-                f"unsupported database URL {value!r}: use "
+                f"unsupported database URL scheme {scheme!r}: use "
                 "'sqlite:////path/to/syncd.db' or 'postgresql://user@host/db'"
             )
         return value
@@ -130,6 +132,16 @@ class ProviderConfig(BaseModel):
             )
         return value.rstrip("/")
 
+    @field_validator("lookback")
+    @classmethod
+    def _check_lookback(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=60):
+            raise ValueError(
+                f"{units.format_duration(value)} is too short to catch events that "
+                "become visible late; use at least '60s'"
+            )
+        return value
+
     @property
     def webhooks_enabled(self) -> bool:
         return self.webhook_secret is not None
@@ -171,9 +183,10 @@ def resolve_secret(value: Any, where: str, context: _SecretContext) -> str:
     try:
         source = SecretSource.model_validate(value)
     except ValidationError:
+        keys = ", ".join(sorted(str(key) for key in value))
         raise ValueError(
-            f"{where}: invalid secret {value!r}; the only keys are env, file "
-            "and credential"
+            f"{where}: invalid secret table with keys {keys}; the only keys are "
+            "env, file and credential, each a string"
         ) from None
     given = [k for k in ("env", "file", "credential") if getattr(source, k)]
     if len(given) != 1:
@@ -295,19 +308,21 @@ def _parse_provider(
                 problems.append(str(exc))
                 table.pop(key)
     provider = _validate(ProviderConfig, table, where, problems)
-    if provider is None:
+    # The connector's own keys are checked even when a common key is invalid,
+    # so that one run lists every problem of the table.
+    connector_name = table.get("connector")
+    if not isinstance(connector_name, str):
         return None
-
-    connector = _connector_class(provider.connector, where, problems)
+    connector = _connector_class(connector_name, where, problems)
     if connector is None:
         return None
-    extra = dict(provider.model_extra or {})
-    provider.options = _validate(connector.Options, extra, where, problems)
-    if provider.lookback < timedelta(seconds=60):
-        problems.append(
-            f"{where}.lookback: {units.format_duration(provider.lookback)} is too "
-            "short to catch events that become visible late; use at least '60s'"
-        )
+    extra = {k: v for k, v in table.items() if k not in ProviderConfig.model_fields}
+    options = _validate(connector.Options, extra, where, problems)
+    if provider is None or options is None:
+        return None
+    provider.options = options
+    for key, message in connector.check_provider(provider):
+        problems.append(f"{where}.{key}: {message}")
     return provider if len(problems) == before else None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import threading
 from datetime import UTC, datetime, timedelta
@@ -30,10 +31,14 @@ class _Server(uvicorn.Server):
         self.intake_state = state
 
     def handle_exit(self, sig: int, frame: object) -> None:
+        # uvicorn's own handler re-raises the signal once serving ends, which
+        # would kill the process before the scheduler and writer stop.
         if not self.intake_state.stopping:
             log.info("signal %d received; new webhooks now get 503", sig)
         self.intake_state.stopping = True
-        super().handle_exit(sig, frame)  # type: ignore[arg-type]
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        self.should_exit = True
 
 
 class Daemon:

@@ -53,6 +53,19 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.sink_attempts = Counter(
+            "syncd_sink_attempts",
+            "Delivery attempts, by sink and result",
+            ["sink", "result"],
+            registry=self.registry,
+        )
+        self.sink_dead = Counter(
+            "syncd_sink_dead",
+            "Deliveries that exhausted their attempts, by sink",
+            ["sink"],
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         """Return the metrics in the Prometheus text format."""
         return generate_latest(self.registry)

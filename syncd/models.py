@@ -140,3 +140,42 @@ class Gap(SQLModel, table=True):
     reason: str = Field(sa_column=Column(Text, nullable=False))
     detected_at: datetime = _time(nullable=False)
     resolved_at: datetime | None = _time()
+
+
+class Delivery(SQLModel, table=True):
+    """One event's delivery to one sink: the outbox row.
+
+    Rows are created in the transaction that logs the event. ``status`` is
+    ``pending`` (due at ``next_attempt_at``), ``delivered`` or ``dead``
+    (attempts or age exhausted; a person retries it). A worker owns a row
+    while ``lease_until`` is in the future; an expired lease (a crashed
+    worker) makes the row claimable again, so a delivery can repeat but is
+    never lost. ``resource`` is ``provider/resource`` for per-resource order.
+    """
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("event_offset", "sink", name="uq_deliveries_event_sink"),
+        Index("ix_deliveries_due", "sink", "status", "next_attempt_at"),
+        Index("ix_deliveries_resource", "sink", "resource", "id"),
+    )
+
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(
+            BigInteger().with_variant(Integer, "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
+    )
+    event_offset: int = Field(sa_column=Column(BigInteger, nullable=False))
+    sink: str = Field(max_length=64)
+    resource: str | None = Field(default=None, max_length=600)
+    status: str = Field(default="pending", max_length=16)
+    attempts: int = 0
+    created_at: datetime = _time(nullable=False)
+    next_attempt_at: datetime = _time(nullable=False)
+    delivered_at: datetime | None = _time()
+    lease_owner: str | None = Field(default=None, max_length=64)
+    lease_until: datetime | None = _time()
+    last_error: str | None = Field(default=None, sa_column=Column(Text))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -21,7 +22,7 @@ _SIZE_UNITS = {
 
 def parse_duration(value: str | int | float) -> timedelta:
     """Parse ``30s``, ``15m``, ``2h``, ``7d`` (or a number of seconds)."""
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError(f"invalid duration {value!r}: write e.g. '30s', '15m', '2h'")
     if isinstance(value, int | float):
         seconds = float(value)
@@ -33,14 +34,21 @@ def parse_duration(value: str | int | float) -> timedelta:
                 "(ms, s, m, h or d), e.g. '30s', '15m', '2h', '7d'"
             )
         seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if not math.isfinite(seconds):
+        raise ValueError(f"invalid duration {value!r}: it must be a finite number")
     if seconds < 0:
         raise ValueError(f"invalid duration {value!r}: it must not be negative")
-    return timedelta(seconds=seconds)
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError(
+            f"invalid duration {value!r}: it exceeds the maximum of 999999999 days"
+        ) from None
 
 
 def parse_size(value: str | int) -> int:
     """Parse ``25MB``, ``512KiB`` or a number of bytes into bytes."""
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, str | int):
         raise ValueError(f"invalid size {value!r}: write e.g. '25MB'")
     if isinstance(value, int):
         size = value
@@ -52,7 +60,10 @@ def parse_size(value: str | int) -> int:
                 "(B, KB, MB, GB, KiB, MiB, GiB), e.g. '25MB'"
             )
         unit = (match.group(2) or "b").lower()
-        size = int(float(match.group(1)) * _SIZE_UNITS[unit])
+        number = float(match.group(1)) * _SIZE_UNITS[unit]
+        if not math.isfinite(number):
+            raise ValueError(f"invalid size {value!r}: the number is too large")
+        size = int(number)
     if size <= 0:
         raise ValueError(f"invalid size {value!r}: it must be greater than zero")
     return size
@@ -66,11 +77,22 @@ def parse_time(value: str | datetime, now: datetime | None = None) -> datetime:
     """
     if isinstance(value, datetime):
         parsed = value
+    elif not isinstance(value, str):
+        raise ValueError(
+            f"invalid time {value!r}: write ISO 8601 text with an offset, e.g. "
+            "'2024-05-01T10:00:00Z', or a duration such as '6h'"
+        )
     else:
         text = value.strip()
         if _DURATION.match(text):
             base = now or datetime.now(UTC)
-            return base - parse_duration(text)
+            try:
+                return base - parse_duration(text)
+            except OverflowError:
+                raise ValueError(
+                    f"invalid time {value!r}: the duration reaches back before "
+                    "the year 1"
+                ) from None
         try:
             parsed = datetime.fromisoformat(text.replace("z", "Z"))
         except ValueError:

@@ -111,7 +111,12 @@ class BatchWriter:
         self._report_recovery()
         for item, result in zip(batch, results, strict=True):
             if self.on_commit is not None:
-                self.on_commit(item.provider, item.source, result)
+                # The events are committed, so a failing hook must neither
+                # withhold the 2xx nor end this thread.
+                try:
+                    self.on_commit(item.provider, item.source, result)
+                except Exception:  # noqa: BLE001 - logged; the commit stands
+                    log.exception("on_commit hook failed for %s", item.provider)
             item.future.set_result(result)
 
     def _report_outage(self, exc: Exception) -> None:

@@ -1,0 +1,1 @@
+"""Delivery of logged events to the user's applications, one module per kind."""

@@ -1,0 +1,453 @@
+"""Tests of ``syncd events``, ``syncd status`` and the help of every command."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+from click.testing import CliRunner, Result
+
+from connectors.base import EventRecord
+from syncd.cli import main
+from syncd.store import Store, record_events, save_cursor
+
+T0 = datetime(2024, 5, 1, 10, 0, 0, 123456, tzinfo=UTC)
+API_TOKEN = "sk_test_INLINE_TOKEN"
+WEBHOOK_SECRET = "whsec_INLINE_SECRET"
+ENTRY_KEYS = {
+    "offset",
+    "provider",
+    "key",
+    "type",
+    "occurred_at",
+    "first_seen_at",
+    "first_source",
+    "payload",
+}
+# Non-ASCII text and integers beyond 64 bits must survive the JSON output.
+RICH_PAYLOAD = (
+    '{"id": "evt_1", "customer": "Zoë", "amount": 820982911946154508, '
+    '"big": 1180591620717411303424}'
+)
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """Undo the root logger set-up that every ``syncd`` invocation does."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@dataclass
+class Log:
+    """A configuration file and the offsets of the entries in its database."""
+
+    config: Path
+    offsets: dict[str, int]
+
+
+def make_record(key: str, type_: str, payload: str | None = None) -> EventRecord:
+    return EventRecord(
+        key=key,
+        type=type_,
+        occurred_at=T0 - timedelta(minutes=1),
+        payload=payload or json.dumps({"id": key}),
+    )
+
+
+def write_config(directory: Path) -> Path:
+    path = directory / "config.toml"
+    path.write_text(
+        f"""
+[daemon]
+database = "sqlite:///{directory / 'syncd.db'}"
+
+[providers.payments]
+connector = "stripe"
+api_token = "{API_TOKEN}"
+webhook_secret = "{WEBHOOK_SECRET}"
+
+[providers.shop]
+connector = "stripe"
+api_token = "{API_TOKEN}"
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Iterator[Log]:
+    """Return a configuration whose log has five entries from three sources."""
+    config = write_config(tmp_path)
+    store = Store(f"sqlite:///{tmp_path / 'syncd.db'}")
+    batches = [
+        ("payments", "webhook", [
+            make_record("evt_1", "invoice.paid", RICH_PAYLOAD),
+            make_record("evt_2", "customer.created"),
+        ]),
+        ("payments", "poll", [
+            make_record("evt_1", "invoice.paid", RICH_PAYLOAD),
+            make_record("evt_3", "invoice.paid"),
+        ]),
+        ("payments", "reconcile", [make_record("evt_4", "invoice.voided")]),
+        ("shop", "poll", [make_record("order_1", "invoice.paid")]),
+    ]
+    offsets: dict[str, int] = {}
+    try:
+        with store.session() as session:
+            for provider, source, records in batches:
+                result = record_events(session, provider, source, records, T0)
+                for record, offset in zip(result.new, result.new_offsets, strict=True):
+                    offsets[record.key] = offset
+            save_cursor(
+                session, "payments", "events", {"high_water": "2024-05-01T10:00Z"}, T0
+            )
+    finally:
+        store.dispose()
+    yield Log(config=config, offsets=offsets)
+
+
+def invoke(*args: str) -> Result:
+    runner = CliRunner()
+    return runner.invoke(
+        main, list(args), prog_name="syncd", env={"SYNCD_CONFIG": None}
+    )
+
+
+def list_json(log: Log, *args: str) -> list[dict[str, Any]]:
+    """Run ``events list --json`` with extra arguments and parse its output."""
+    result = invoke("events", "list", "-c", str(log.config), "--json", *args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def keys_of(entries: list[dict[str, Any]]) -> list[str]:
+    return [entry["key"] for entry in entries]
+
+
+# events list
+
+
+def test_list_json_is_one_array(log: Log) -> None:
+    """events list --json prints one JSON array of every entry in offset order."""
+    entries = list_json(log)
+
+    assert isinstance(entries, list)
+    assert keys_of(entries) == ["evt_1", "evt_2", "evt_3", "evt_4", "order_1"]
+    offsets = [entry["offset"] for entry in entries]
+    assert offsets == sorted(offsets)
+
+
+def test_list_json_entry_fields(log: Log) -> None:
+    """Each listed entry has the documented fields with the stored values."""
+    entry = list_json(log)[0]
+
+    assert entry.keys() >= ENTRY_KEYS
+    assert entry["offset"] == log.offsets["evt_1"]
+    assert entry["provider"] == "payments"
+    assert entry["key"] == "evt_1"
+    assert entry["type"] == "invoice.paid"
+    assert entry["occurred_at"] == "2024-05-01T09:59:00.123456Z"
+    assert entry["first_seen_at"] == "2024-05-01T10:00:00.123456Z"
+    assert entry["first_source"] == "webhook"
+
+
+def test_list_json_payload_parsed(log: Log) -> None:
+    """The payload is a parsed object, with non-ASCII text and big integers exact."""
+    payload = list_json(log)[0]["payload"]
+
+    assert isinstance(payload, dict)
+    assert payload["customer"] == "Zoë"
+    assert payload["amount"] == 820982911946154508
+    assert payload["big"] == 2**70
+
+
+def test_list_json_first_source(log: Log) -> None:
+    """first_source is the stream that brought each entry first."""
+    sources = {entry["key"]: entry["first_source"] for entry in list_json(log)}
+
+    assert sources == {
+        "evt_1": "webhook",
+        "evt_2": "webhook",
+        "evt_3": "poll",
+        "evt_4": "reconcile",
+        "order_1": "poll",
+    }
+
+
+def test_list_empty_log(tmp_path: Path) -> None:
+    """An empty log lists as an empty JSON array."""
+    config = write_config(tmp_path)
+
+    result = invoke("events", "list", "-c", str(config), "--json")
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == []
+
+
+def test_list_filter_provider(log: Log) -> None:
+    """--provider keeps only that provider's entries."""
+    assert keys_of(list_json(log, "--provider", "shop")) == ["order_1"]
+
+
+def test_list_filter_type(log: Log) -> None:
+    """--type keeps only entries of that type."""
+    entries = list_json(log, "--type", "invoice.paid")
+
+    assert keys_of(entries) == ["evt_1", "evt_3", "order_1"]
+
+
+def test_list_filter_type_repeated(log: Log) -> None:
+    """--type given twice keeps entries of either type."""
+    entries = list_json(log, "--type", "customer.created", "--type", "invoice.voided")
+
+    assert keys_of(entries) == ["evt_2", "evt_4"]
+
+
+def test_list_filter_source(log: Log) -> None:
+    """--source keeps entries whose first source is that stream."""
+    assert keys_of(list_json(log, "--source", "poll")) == ["evt_3", "order_1"]
+
+
+def test_list_filter_after(log: Log) -> None:
+    """--after keeps only entries with a larger offset."""
+    after = str(log.offsets["evt_3"])
+
+    assert keys_of(list_json(log, "--after", after)) == ["evt_4", "order_1"]
+
+
+def test_list_filter_limit(log: Log) -> None:
+    """--limit prints at most that many entries, the lowest offsets first."""
+    assert keys_of(list_json(log, "--limit", "2")) == ["evt_1", "evt_2"]
+
+
+def test_list_filters_combined(log: Log) -> None:
+    """Filters combine: provider, type and offset all apply."""
+    after = str(log.offsets["evt_1"])
+
+    entries = list_json(
+        log, "--provider", "payments", "--type", "invoice.paid", "--after", after
+    )
+
+    assert keys_of(entries) == ["evt_3"]
+
+
+def test_list_invalid_source(log: Log) -> None:
+    """An unknown --source is a usage error."""
+    result = invoke("events", "list", "-c", str(log.config), "--source", "email")
+
+    assert result.exit_code == 2
+    assert "email" in result.stderr
+
+
+def test_list_text(log: Log) -> None:
+    """Without --json, events list prints one line per entry."""
+    result = invoke("events", "list", "-c", str(log.config))
+
+    lines = result.stdout.splitlines()
+    assert result.exit_code == 0, result.output
+    assert len(lines) == 5
+    assert "evt_1" in lines[0]
+    assert "invoice.paid" in lines[0]
+
+
+# events show
+
+
+def test_show_by_key(log: Log) -> None:
+    """events show KEY prints that entry as one JSON object."""
+    result = invoke("events", "show", "-c", str(log.config), "evt_2")
+
+    entry = json.loads(result.stdout)
+    assert result.exit_code == 0, result.output
+    assert entry.keys() >= ENTRY_KEYS
+    assert entry["key"] == "evt_2"
+    assert entry["offset"] == log.offsets["evt_2"]
+    assert entry["payload"] == {"id": "evt_2"}
+
+
+def test_show_by_offset(log: Log) -> None:
+    """events show OFFSET prints the entry with that offset."""
+    offset = log.offsets["evt_3"]
+
+    result = invoke("events", "show", "-c", str(log.config), str(offset))
+
+    entry = json.loads(result.stdout)
+    assert result.exit_code == 0, result.output
+    assert entry["key"] == "evt_3"
+    assert entry["offset"] == offset
+
+
+def test_show_keeps_non_ascii(log: Log) -> None:
+    """events show prints non-ASCII text as is and big integers exactly."""
+    result = invoke("events", "show", "-c", str(log.config), "evt_1")
+
+    assert "Zoë" in result.stdout
+    assert "1180591620717411303424" in result.stdout
+
+
+def test_show_missing(log: Log) -> None:
+    """events show for an unknown reference exits 1 and names it."""
+    result = invoke("events", "show", "-c", str(log.config), "evt_404")
+
+    assert result.exit_code == 1
+    assert "evt_404" in result.stderr
+
+
+def test_show_provider_option(log: Log, tmp_path: Path) -> None:
+    """--provider picks one entry when two providers share the key."""
+    store = Store(f"sqlite:///{tmp_path / 'syncd.db'}")
+    try:
+        with store.session() as session:
+            record = make_record("evt_2", "orders.create")
+            record_events(session, "shop", "poll", [record], T0)
+    finally:
+        store.dispose()
+
+    args = ("events", "show", "-c", str(log.config), "evt_2", "--provider", "shop")
+    result = invoke(*args)
+
+    entry = json.loads(result.stdout)
+    assert result.exit_code == 0, result.output
+    assert entry["provider"] == "shop"
+    assert entry["type"] == "orders.create"
+
+
+# events tail
+
+
+def test_tail_after(log: Log) -> None:
+    """events tail --after N prints later entries as one JSON object per line."""
+    after = log.offsets["evt_2"]
+
+    result = invoke("events", "tail", "-c", str(log.config), "--after", str(after))
+
+    entries = [json.loads(line) for line in result.stdout.splitlines()]
+    assert result.exit_code == 0, result.output
+    assert keys_of(entries) == ["evt_3", "evt_4", "order_1"]
+    for entry in entries:
+        assert entry.keys() >= ENTRY_KEYS
+        assert entry["offset"] > after
+
+
+def test_tail_from_start(log: Log) -> None:
+    """events tail without --after prints every entry once."""
+    result = invoke("events", "tail", "-c", str(log.config))
+
+    lines = result.stdout.splitlines()
+    assert result.exit_code == 0, result.output
+    assert len(lines) == 5
+    assert json.loads(lines[0])["payload"]["big"] == 2**70
+
+
+def test_tail_filter_provider(log: Log) -> None:
+    """events tail applies --provider like events list."""
+    result = invoke("events", "tail", "-c", str(log.config), "--provider", "shop")
+
+    entries = [json.loads(line) for line in result.stdout.splitlines()]
+    assert keys_of(entries) == ["order_1"]
+
+
+# status
+
+
+def status_json(log: Log) -> dict[str, dict[str, Any]]:
+    result = invoke("status", "-c", str(log.config), "--json")
+    assert result.exit_code == 0, result.output
+    return {item["name"]: item for item in json.loads(result.stdout)}
+
+
+def test_status_json_providers(log: Log) -> None:
+    """status --json has one item per provider with its mode."""
+    statuses = status_json(log)
+
+    assert sorted(statuses) == ["payments", "shop"]
+    assert statuses["payments"]["mode"] == "webhooks+reconcile"
+    assert statuses["shop"]["mode"] == "polling"
+
+
+def test_status_json_counts(log: Log) -> None:
+    """status --json counts entries by first source and arrivals by source."""
+    payments = status_json(log)["payments"]
+
+    assert payments["events_by_source"] == {"webhook": 2, "poll": 1, "reconcile": 1}
+    assert payments["received_by_source"] == {"webhook": 2, "poll": 2, "reconcile": 1}
+    assert payments["duplicates_by_source"] == {"webhook": 0, "poll": 1, "reconcile": 0}
+    assert payments["missed_webhooks_recovered"] == 1
+
+
+def test_status_json_last_webhook_and_cursor(log: Log) -> None:
+    """status --json shows the last webhook time and the saved cursors."""
+    statuses = status_json(log)
+
+    assert statuses["payments"]["last_webhook"] == "2024-05-01T10:00:00.123456Z"
+    assert statuses["payments"]["cursors"] == {
+        "events": {"high_water": "2024-05-01T10:00Z"}
+    }
+    assert statuses["shop"]["last_webhook"] is None
+
+
+def test_status_hides_secrets(log: Log) -> None:
+    """Neither form of status output contains a secret from the configuration."""
+    for args in (("--json",), ()):
+        result = invoke("status", "-c", str(log.config), *args)
+        assert result.exit_code == 0, result.output
+        assert API_TOKEN not in result.output
+        assert WEBHOOK_SECRET not in result.output
+
+
+def test_store_unavailable_exits(tmp_path: Path) -> None:
+    """A database in a missing directory fails with the directory named."""
+    missing = tmp_path / "missing"
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[daemon]\ndatabase = "sqlite:///{missing / "syncd.db"}"\n', encoding="utf-8"
+    )
+
+    result = invoke("events", "list", "-c", str(config))
+
+    assert result.exit_code == 1
+    assert str(missing) in result.stderr
+
+
+# Help
+
+
+def command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[str]:
+    """Return the space-separated path of every command under ``group``."""
+    paths = []
+    for name, command in sorted(group.commands.items()):
+        path = (*prefix, name)
+        paths.append(" ".join(path))
+        if isinstance(command, click.Group):
+            paths.extend(command_paths(command, path))
+    return paths
+
+
+def test_main_help() -> None:
+    """syncd --help exits 0 and lists the documented commands."""
+    result = invoke("--help")
+
+    assert result.exit_code == 0, result.output
+    for name in ("run", "reconcile", "events", "status", "check-config", "demo"):
+        assert name in result.stdout
+
+
+@pytest.mark.parametrize("path", command_paths(main))
+def test_command_help(path: str) -> None:
+    """Each command's --help exits 0 and prints its usage line."""
+    result = invoke(*path.split(), "--help")
+
+    assert result.exit_code == 0, result.output
+    assert f"Usage: syncd {path}" in result.stdout
