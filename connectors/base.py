@@ -44,6 +44,22 @@ class EventRecord:
     version: str | None = None
 
 
+# Longest values the log's columns take; longer ones are rejected as bad input.
+FIELD_LIMITS = {"key": 512, "type": 256, "resource": 512, "version": 128}
+
+
+def record_problem(record: EventRecord) -> str | None:
+    """Return why a record cannot be stored (a field too long), or None."""
+    for name, limit in FIELD_LIMITS.items():
+        value = getattr(record, name)
+        if value is not None and len(value) > limit:
+            return (
+                f"event {name} {value[:60]!r}... is {len(value)} characters; "
+                f"the log keeps at most {limit}"
+            )
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class PageRequest:
     """One listing request, stored as cursor progress between pages.

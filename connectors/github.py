@@ -29,12 +29,12 @@ version of the issue it carries, because a new comment moves the issue's
 Pull requests have two views that share the repository and the ``number``.
 The issue view (from ``/issues``, with a ``pull_request`` member) has the
 issue's ``id`` and ``updated_at``. The pull view (``pull_request`` webhooks,
-``/pulls``) has a different ``id`` and its own ``updated_at``, which moves
-without the issue's on a push (``synchronize``) or a review. Keys of pull
-requests therefore use the pull view only: the issues listing skips pull
-requests, and the pulls listing returns the same objects that ``pull_request``
-webhooks carry, so both streams agree. A pull request is not listed at all
-when ``pulls`` is left out of ``listings``.
+``/pulls``) has a different ``id`` and its own ``updated_at``, and the two
+times can differ for one change. Keys of pull requests therefore use the
+pull view only: the issues listing skips pull requests, and the pulls listing
+returns the same objects that ``pull_request`` webhooks carry, so both
+streams agree on the number and the time. A pull request is not listed at
+all when ``pulls`` is left out of ``listings``.
 
 What a reconcile can and cannot recover:
 
@@ -64,8 +64,9 @@ endpoint has no ``since`` parameter, so that listing ends at the first pull
 request older than the window.
 
 GitHub signs only the body, with no timestamp, so replays cannot be rejected
-by age. A replayed body has the same version key, or the same delivery id,
-and is counted as a duplicate.
+by age. A replayed request has the key of the original and is counted as a
+duplicate. The delivery id header is not signed, though, so a replay of a
+``delivery:`` body under a new ``X-GitHub-Delivery`` is logged again.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -236,11 +237,22 @@ class GitHubConnector(Connector):
         kept = [record for record in records if record is not None]
 
         next_url = response.links.get("next", {}).get("url")
+        next_request = None if next_url is None else link_request(next_url)
         if kind == "pulls":
-            return _pulls_page(kept, request, next_url)
-        if next_url is None:
-            return Page(records=kept, next=None)
-        return Page(records=kept, next=PageRequest(url=next_url))
+            return _pulls_page(kept, request, next_request)
+        return Page(records=kept, next=next_request)
+
+
+def link_request(url: str) -> PageRequest:
+    """Turn a ``Link`` URL into a request whose params are the URL's query.
+
+    httpx replaces a URL's query with any ``params`` passed beside it, even
+    an empty list, so the query must travel as params to reach the server.
+    """
+    parts = urlsplit(url)
+    params = tuple(parse_qsl(parts.query, keep_blank_values=True))
+    path = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    return PageRequest(url=path, params=params)
 
 
 def since_param(since: datetime) -> str:
@@ -261,36 +273,27 @@ def _split_listing(listing: str) -> tuple[str, str]:
 
 
 def _pulls_page(
-    records: list[EventRecord], request: PageRequest, next_url: str | None
+    records: list[EventRecord], request: PageRequest, next_request: PageRequest | None
 ) -> Page:
     """End the newest-first pulls listing at the first pull request before ``since``.
 
     ``since`` travels with every page request because the pulls endpoint has
     no such parameter and its ``Link`` URLs need not repeat it.
     """
-    since = _request_param(request, "since")
+    since = _param(request, "since")
     if since is not None:
         start = _parse_time(since, "since")
         in_window = [r for r in records if r.occurred_at >= start]
         if len(in_window) < len(records):
             return Page(records=in_window, next=None)
-    if next_url is None:
-        return Page(records=records, next=None)
-    carried: tuple[tuple[str, str], ...] = ()
-    if since is not None and _url_param(next_url, "since") is None:
-        carried = (("since", since),)
-    return Page(records=records, next=PageRequest(url=next_url, params=carried))
+    if next_request is None or since is None or _param(next_request, "since"):
+        return Page(records=records, next=next_request)
+    params = (*next_request.params, ("since", since))
+    return Page(records=records, next=PageRequest(next_request.url, params))
 
 
-def _request_param(request: PageRequest, name: str) -> str | None:
+def _param(request: PageRequest, name: str) -> str | None:
     for key, value in request.params:
-        if key == name:
-            return value
-    return _url_param(request.url, name)
-
-
-def _url_param(url: str, name: str) -> str | None:
-    for key, value in parse_qsl(urlsplit(url).query):
         if key == name:
             return value
     return None
@@ -365,7 +368,7 @@ def _listed_record(kind: str, item: Any, repository: str) -> EventRecord | None:
         raise ValueError(f"expected a JSON object, got {type(item).__name__}")
     if kind == "issues":
         if "pull_request" in item:
-            return None  # listed through the pull view; see the module docstring
+            return None  # the pulls listing covers pull requests
         repository = _repository_from_url(item.get("repository_url")) or repository
         return issue_record(item, repository, _listed_type("issues", item), None)
     if kind == "pulls":
@@ -598,9 +601,15 @@ def _parse_time(value: str, field: str) -> datetime:
 
 
 def version_text(moment: datetime) -> str:
-    """Format a version time as UTC ISO 8601 with ``Z``; a zero fraction is left out."""
+    """Format a version time as UTC ISO 8601 with ``Z``.
+
+    The fraction of a second is left out when it is zero and written in
+    milliseconds when it is whole milliseconds, so each instant has one text.
+    """
     utc = moment.astimezone(UTC)
     text = utc.strftime("%Y-%m-%dT%H:%M:%S")
-    if utc.microsecond:
-        text += f".{utc.microsecond:06d}".rstrip("0")
+    if utc.microsecond % 1000:
+        text += f".{utc.microsecond:06d}"
+    elif utc.microsecond:
+        text += f".{utc.microsecond // 1000:03d}"
     return text + "Z"

@@ -14,11 +14,11 @@ Other webhooks are keyed by what they carry:
   but no ``updated_at``.
 * ``event:<X-Shopify-Event-Id>`` for a body without an ``id``.
 
-The event id is the same for every delivery of one event (retries included);
-``X-Shopify-Webhook-Id`` stands in where a delivery lacks it. ``<resource>``
-is the topic's first part without its plural ``s`` (``orders/paid`` ->
-``order``). Only ``orders`` and ``products`` are listed, so only their
-versions are recovered by a reconcile.
+The event id is the same for every delivery of one event, retries included
+(shopify.dev, "Ignore duplicate webhooks"). ``X-Shopify-Webhook-Id`` is used
+where a delivery lacks it. ``<resource>`` is the topic's first part without
+its plural ``s`` (``orders/paid`` -> ``order``). Only ``orders`` and
+``products`` are listed, so only their versions are recovered by a reconcile.
 
 Ids are kept as exact integers in keys and payloads. A webhook's payload is
 the received body, and a listed object is serialised from Python's own
@@ -29,17 +29,21 @@ Polled events are typed ``orders/create`` or ``products/create`` when
 ``products/update``: the topics Shopify sends for those changes.
 
 Listings are ordered by ``updated_at`` ascending and page with the ``Link``
-header's ``page_info`` cursor. That cursor is a position in the sort order,
-not a page number, so an object updated while paging is listed again at the
-end and nothing shifts past the reader. The next link already carries every
-filter, which Shopify forbids repeating next to ``page_info``.
+header's ``page_info`` cursor. The next link already carries every filter,
+which Shopify forbids repeating next to ``page_info``.
+
+NOTE: ``page_info`` is opaque. Objects updated while paging are listed only
+if it marks a position in the sort order rather than an offset, which this
+module assumes but no recorded Shopify response in the tests confirms.
 
 Shopify signs only the body. ``X-Shopify-Triggered-At`` is not signed, so it
-cannot reject replays. A replayed body has the same key as the original and
-is counted as a duplicate. A Shopify app's client secret signs the webhooks
-of every shop that installed the app, so a webhook whose
-``X-Shopify-Shop-Domain`` differs from the shop of ``api_base_url`` is
-rejected rather than logged under this provider.
+cannot reject replays. A replayed request has the key of the original and is
+counted as a duplicate, but the event id header is not signed either, so a
+replay of an event-keyed body under a new id is logged again.
+
+A Shopify app's client secret signs the webhooks of every shop that installed
+the app, so a webhook whose ``X-Shopify-Shop-Domain`` differs from the shop
+of ``api_base_url`` is rejected rather than logged under this provider.
 
 Shopify calls the REST Admin API legacy since October 2024 (shopify.dev,
 "REST Admin API rate limits").
@@ -55,7 +59,7 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -77,7 +81,7 @@ TRIGGERED_AT_HEADER = "x-shopify-triggered-at"
 SHOP_DOMAIN_HEADER = "x-shopify-shop-domain"
 CALL_LIMIT_HEADER = "x-shopify-shop-api-call-limit"
 
-MAX_LIMIT = 250  # the most objects Shopify returns per page
+MAX_LIMIT = 250  # maximum objects per page that Shopify returns
 # Calls per second that leak from the bucket on the standard plan, per
 # shopify.dev "REST Admin API rate limits". Higher plans leak faster, so the
 # computed wait is longer than needed there, never shorter.
@@ -125,19 +129,20 @@ class ShopifyConnector(Connector):
     def __init__(self, provider: ProviderConfig) -> None:
         problems = self.check_provider(provider)
         if problems:
-            raise ConfigError(problems)
+            where = f"providers.{provider.name}"
+            raise ConfigError([f"{where}.{key}: {text}" for key, text in problems])
         super().__init__(provider)
 
     @classmethod
-    def check_provider(cls, provider: ProviderConfig) -> list[str]:
-        """Return the problems of the common keys that Shopify needs."""
+    def check_provider(cls, provider: ProviderConfig) -> list[tuple[str, str]]:
+        """Return (key, message) problems of the common keys that Shopify needs."""
         if provider.api_base_url is not None:
             return []
-        return [
-            f"providers.{provider.name}.api_base_url: required key is missing; "
-            "Shopify has no shared API host, so write the shop's own, e.g. "
-            "'https://example-shop.myshopify.com'"
-        ]
+        message = (
+            "required key is missing; Shopify has no shared API host, so write "
+            "the shop's own, e.g. 'https://example-shop.myshopify.com'"
+        )
+        return [("api_base_url", message)]
 
     # Webhooks
 
@@ -244,7 +249,20 @@ class ShopifyConnector(Connector):
         next_url = response.links.get("next", {}).get("url")
         if next_url is None:
             return Page(records=records, next=None)
-        return Page(records=records, next=PageRequest(url=next_url))
+        return Page(records=records, next=link_request(next_url))
+
+
+def link_request(url: str) -> PageRequest:
+    """Turn a ``Link`` URL into a request whose params are the URL's query.
+
+    httpx replaces a URL's query with any ``params`` passed beside it, even
+    an empty list, so the query must travel as params to reach the server.
+    The query already contains ``page_info`` and every filter of the listing.
+    """
+    parts = urlsplit(url)
+    params = tuple(parse_qsl(parts.query, keep_blank_values=True))
+    path = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    return PageRequest(url=path, params=params)
 
 
 def since_param(since: datetime) -> str:
@@ -384,9 +402,15 @@ def _parse_time(value: str, field: str) -> datetime:
 
 
 def version_text(moment: datetime) -> str:
-    """Format a version time as UTC ISO 8601 with ``Z``; a zero fraction is left out."""
+    """Format a version time as UTC ISO 8601 with ``Z``.
+
+    The fraction of a second is left out when it is zero and written in
+    milliseconds when it is whole milliseconds, so each instant has one text.
+    """
     utc = moment.astimezone(UTC)
     text = utc.strftime("%Y-%m-%dT%H:%M:%S")
-    if utc.microsecond:
-        text += f".{utc.microsecond:06d}".rstrip("0")
+    if utc.microsecond % 1000:
+        text += f".{utc.microsecond:06d}"
+    elif utc.microsecond:
+        text += f".{utc.microsecond // 1000:03d}"
     return text + "Z"

@@ -121,7 +121,11 @@ class StripeConnector(Connector):
         """Build the record of one Stripe event object; raise ValueError if invalid."""
         if not isinstance(event, dict) or event.get("object") != "event":
             raise ValueError("expected a Stripe event object ('object': 'event')")
-        event_id, kind, created = event.get("id"), event.get("type"), event.get("created")
+        event_id, kind, created = (
+            event.get("id"),
+            event.get("type"),
+            event.get("created"),
+        )
         if not isinstance(event_id, str) or not event_id:
             raise ValueError("event has no string 'id'")
         if not isinstance(kind, str) or not kind:

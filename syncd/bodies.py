@@ -61,6 +61,11 @@ async def read_body(
     if inflater is not None:
         if not inflater.eof:
             raise WebhookError(f"{encoding} body is truncated")
+        if inflater.unused_data:
+            raise WebhookError(
+                f"{encoding} body has data after the end of its compressed stream; "
+                "send one compressed stream"
+            )
     return b"".join(parts)
 
 

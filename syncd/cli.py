@@ -6,7 +6,7 @@ import json
 import sys
 import time
 from dataclasses import asdict
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import click
@@ -14,6 +14,7 @@ import httpx
 
 from syncd import __version__, logs, queries
 from syncd import config as config_module
+from syncd.cli_deliveries import register as register_deliveries
 from syncd.errors import EXIT_CONFIG, ConfigError, StoreUnavailableError
 from syncd.polling import RunReport
 from syncd.runtime import Runtime
@@ -346,15 +347,38 @@ def events_tail(config_path, providers, types, sources, after, follow, interval)
 @_config_option
 @_json_option
 def status(config_path: str | None, as_json: bool) -> None:
-    """Show each provider's mode, last webhook, last runs, cursors and counts."""
+    """Show each provider's mode, last webhook, last runs, cursors and counts.
+
+    Also shows each sink's backlog, oldest pending age and dead deliveries.
+    """
     runtime = _open(config_path)
     statuses = [
         queries.provider_status(runtime.store, name, connector.provider.mode)
         for name, connector in runtime.connectors.items()
     ]
+    now = datetime.now(UTC)
+    sinks = [
+        queries.sink_status(runtime.store, name, sink.kind, now)
+        for name, sink in runtime.config.sinks.items()
+    ]
     if as_json:
-        click.echo(json.dumps([asdict(s) for s in statuses], indent=2))
+        data = {
+            "providers": [asdict(s) for s in statuses],
+            "sinks": [asdict(s) for s in sinks],
+        }
+        click.echo(json.dumps(data, indent=2))
         return
+    _print_provider_status(statuses)
+    for sink in sinks:
+        age = sink.oldest_pending_age_seconds
+        click.echo(
+            f"sink {sink.name} ({sink.kind}): backlog {sink.backlog}"
+            + (f", oldest pending {age:.0f}s" if age is not None else "")
+            + f", dead {sink.dead}, delivered {sink.delivered}"
+        )
+
+
+def _print_provider_status(statuses: list[queries.ProviderStatus]) -> None:
     for item in statuses:
         click.echo(f"{item.name} ({item.mode})")
         click.echo(f"  events by first source: {item.events_by_source or 'none'}")
@@ -442,6 +466,12 @@ def demo(count: int, drop: float, repeat: float, seed: int) -> None:
         count=count, drop_rate=drop, repeat_rate=repeat, seed=seed, echo=click.echo
     )
     sys.exit(0 if ok else 1)
+
+
+register_deliveries(
+    main,
+    {"config": _config_option, "json": _json_option, "open": _open, "when": _when},
+)
 
 
 if __name__ == "__main__":

@@ -24,12 +24,14 @@ from pydantic import (
 
 from syncd import units
 from syncd.errors import ConfigError
+from syncd.sink_config import SinkConfig
 
 DEFAULT_PATH = "/etc/syncd/config.toml"
+_KEY_NAME = re.compile(r"^[a-z_]+$")
 PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
-Duration = Annotated[timedelta, BeforeValidator(units.parse_duration)]
-Size = Annotated[int, BeforeValidator(units.parse_size)]
+Duration = units.Duration
+Size = units.Size
 
 
 class SecretSource(BaseModel):
@@ -158,6 +160,7 @@ class Config(BaseModel):
 
     daemon: DaemonConfig = DaemonConfig()
     providers: dict[str, ProviderConfig] = {}
+    sinks: dict[str, Any] = {}
     path: str | None = None
     inline_secrets: bool = False
 
@@ -266,23 +269,72 @@ def parse(data: dict[str, Any], context: _SecretContext | None = None) -> Config
     if not isinstance(raw_providers, dict):
         problems.append("providers: must be a table of [providers.NAME] tables")
         raw_providers = {}
+    raw_sinks = data.pop("sinks", {})
+    if not isinstance(raw_sinks, dict):
+        problems.append("sinks: must be a table of [sinks.NAME] tables")
+        raw_sinks = {}
 
+    for reserved in ("path", "inline_secrets"):
+        if reserved in data:
+            data.pop(reserved)
+            problems.append(f"{reserved}: unknown key; remove it or check its spelling")
     base = _validate(Config, data, "", problems)
     providers = {}
     for name, table in raw_providers.items():
         provider = _parse_provider(name, table, context, problems)
         if provider is not None:
             providers[name] = provider
+    sinks = {}
+    for name, table in raw_sinks.items():
+        sink = _parse_sink(name, table, set(raw_providers), context, problems)
+        if sink is not None:
+            sinks[name] = sink
     if problems:
         raise ConfigError(problems)
     assert base is not None
     base.providers = providers
+    base.sinks = sinks
     base.inline_secrets = any(
         isinstance(table.get(key), str)
-        for table in raw_providers.values()
-        for key in SECRET_KEYS
+        for table in [*raw_providers.values(), *raw_sinks.values()]
+        for key in (*SECRET_KEYS, "secret")
     )
     return base
+
+
+def _parse_sink(
+    name: str,
+    table: Any,
+    provider_names: set[str],
+    context: _SecretContext,
+    problems: list[str],
+) -> SinkConfig | None:
+    where = f"sinks.{name}"
+    if not PROVIDER_NAME.match(name):
+        problems.append(
+            f"{where}: invalid sink name {name!r}; use lower-case letters, "
+            "digits, '-' and '_'"
+        )
+    if not isinstance(table, dict):
+        problems.append(f"{where}: must be a table")
+        return None
+    table = dict(table, name=name)
+    before = len(problems)
+    if "secret" in table:
+        try:
+            secret = resolve_secret(table["secret"], f"{where}.secret", context)
+            table["secret"] = secret
+        except ValueError as exc:
+            problems.append(str(exc))
+            table.pop("secret")
+    for provider in table.get("providers") or []:
+        if provider not in provider_names:
+            problems.append(
+                f"{where}.providers: no provider {provider!r} is configured; "
+                f"configured: {', '.join(sorted(provider_names)) or 'none'}"
+            )
+    sink = _validate(SinkConfig, table, where, problems)
+    return sink if len(problems) == before else None
 
 
 def _parse_provider(
@@ -356,6 +408,10 @@ def _describe(error: Any, where: str) -> str:
     if kind == "missing":
         return f"{path}: required key is missing"
     message = error["msg"].removeprefix("Value error, ")
+    # A check across keys names its key first ("url: ..."); move it to the path.
+    key, separator, rest = message.partition(": ")
+    if not error["loc"] and separator and _KEY_NAME.match(key):
+        path, message = f"{path}.{key}", rest
     if kind.startswith("value_error"):
         return f"{path}: {message}"
     return f"{path}: {message} (got {error.get('input')!r})"

@@ -13,10 +13,12 @@ import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from syncd import __version__
+from syncd.delivery import DeliveryWorker
 from syncd.intake import IntakeState, create_app
 from syncd.pacing import RateBudgets
 from syncd.reconcile import ProviderRunner
-from syncd.runtime import Runtime
+from syncd.runtime import Runtime, policy_of, route_of
+from syncd.sinks import build_sink
 from syncd.store import WriteResult
 from syncd.writer import BatchWriter
 
@@ -47,7 +49,11 @@ class Daemon:
     def __init__(self, runtime: Runtime, *, sock: socket.socket | None = None) -> None:
         self.runtime = runtime
         self.sock = sock
-        self.writer = BatchWriter(runtime.store, on_commit=self._count_commit)
+        self.writer = BatchWriter(
+            runtime.store,
+            clock=lambda: datetime.fromtimestamp(runtime.clock(), UTC),
+            on_commit=self._count_commit,
+        )
         self.state = IntakeState(runtime=runtime, writer=self.writer)
         self.client = httpx.Client(headers={"User-Agent": f"syncd/{__version__}"})
         budgets = RateBudgets(runtime.clock)
@@ -62,6 +68,18 @@ class Daemon:
             )
             for name, connector in runtime.connectors.items()
         }
+        self.workers = [
+            DeliveryWorker(
+                runtime.store,
+                build_sink(sink),
+                route_of(sink),
+                policy_of(sink),
+                ordered=sink.ordering == "resource",
+                lease=max(timedelta(minutes=5), sink.timeout * 20),
+                metrics=runtime.metrics,
+            )
+            for sink in runtime.config.sinks.values()
+        ]
         self.scheduler = BackgroundScheduler(
             timezone=UTC,
             job_defaults={
@@ -116,6 +134,8 @@ class Daemon:
             ", ".join(f"{n} ({p.mode})" for n, p in config.providers.items()) or "none",
         )
         self.writer.start()
+        for worker in self.workers:
+            worker.start()
         self._schedule_jobs()
         self.scheduler.start()
 
@@ -125,6 +145,10 @@ class Daemon:
         self.scheduler.shutdown(wait=True)
         log.info("committing queued webhooks")
         self.writer.stop()
+        if self.workers:
+            log.info("stopping sink workers (a delivery in hand finishes)")
+        for worker in self.workers:
+            worker.stop()
         self.client.close()
         self.runtime.close()
         log.info("syncd stopped")
@@ -154,6 +178,8 @@ class Daemon:
 
     def _count_commit(self, provider: str, source: str, result: WriteResult) -> None:
         if result.new:
+            for worker in self.workers:
+                worker.wake()
             self.runtime.metrics.events_logged.labels(provider, source).inc(
                 len(result.new)
             )

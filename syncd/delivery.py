@@ -18,7 +18,9 @@ from datetime import UTC, datetime, timedelta
 
 from syncd.errors import StoreUnavailableError
 from syncd.metrics import Metrics
+from syncd.models import Delivery
 from syncd.outbox import (
+    LEASE_LOST,
     RetryPolicy,
     SinkRoute,
     claim,
@@ -28,6 +30,7 @@ from syncd.outbox import (
     newest_delivered_time,
     record_outcome,
     release,
+    renew,
 )
 from syncd.sinks.base import Outcome, Sink
 from syncd.store import Store
@@ -124,6 +127,14 @@ class DeliveryWorker:
 
     def _deliver_one(self, delivery_id: int) -> None:
         with self.store.session() as session:
+            if not renew(session, delivery_id, self.owner, self.clock(), self.lease):
+                log.info(
+                    "sink %s: delivery %d skipped: its lease ran out and passed "
+                    "to another worker",
+                    self.sink.name,
+                    delivery_id,
+                )
+                return
             loaded = load_for_delivery(session, delivery_id)
             if loaded is None:
                 return
@@ -136,13 +147,28 @@ class DeliveryWorker:
         outcome = self._attempt(body, key, int(now.timestamp()))
 
         with self.store.session() as session:
-            row = session.get(type(delivery), delivery_id)
+            row = session.get(Delivery, delivery_id)
             if row is None:
                 return
             status = record_outcome(
-                session, row, outcome, self.policy, self.clock(), self._rng
+                session,
+                row,
+                outcome,
+                self.policy,
+                self.clock(),
+                self._rng,
+                owner=self.owner,
             )
             attempts, next_at = row.attempts, row.next_attempt_at
+        if status == LEASE_LOST:
+            log.warning(
+                "sink %s: attempt for %s failed (%s) after its lease passed to "
+                "another worker; that worker records the next outcome",
+                self.sink.name,
+                event.key,
+                outcome.error,
+            )
+            return
         self._log_outcome(event.key, status, attempts, next_at, outcome)
 
     def _attempt(self, body: bytes, key: str, timestamp: int) -> Outcome:

@@ -112,10 +112,14 @@ class Fetcher:
         if validators.get("last_modified"):
             headers["If-Modified-Since"] = validators["last_modified"]
         self.requests += 1
+        # httpx replaces a URL's query with ``params``, so a next link's own
+        # query is merged in first.
+        parsed = httpx.URL(url)
+        params = [*parsed.params.multi_items(), *request.params]
         try:
             response = self.client.get(
-                url,
-                params=list(request.params),
+                parsed.copy_with(query=None),
+                params=params,
                 headers=headers,
                 timeout=self.connector.provider.request_timeout.total_seconds(),
             )

@@ -18,8 +18,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from connectors.base import EventRecord, record_problem
 from syncd.bodies import read_body
-from syncd.errors import StoreUnavailableError, TimestampError, WebhookError
+from syncd.errors import (
+    PayloadError,
+    StoreUnavailableError,
+    TimestampError,
+    WebhookError,
+)
 from syncd.runtime import Runtime
 from syncd.store import WriteResult
 from syncd.writer import BatchWriter
@@ -78,17 +84,27 @@ async def receive_webhook(state: IntakeState, request: Request) -> Response:
         body = await read_body(request.headers, request.stream(), _limit(state))
         connector.verify_webhook(request.headers, body, runtime.clock())
         records = connector.parse_webhook(request.headers, body)
+        _check_records(records)
     except WebhookError as exc:
         return _reject(state, name, exc)
 
     if not records:
         return JSONResponse({"status": "ignored", "events": 0})
     try:
-        result = await asyncio.wrap_future(state.writer.submit(name, "webhook", records))
+        result = await asyncio.wrap_future(
+            state.writer.submit(name, "webhook", records)
+        )
     except StoreUnavailableError:
         metrics.webhooks_rejected.labels(name, "store_unavailable").inc()
         return _error(503, "the event store is unavailable; retry later")
     return _stored(name, result, state)
+
+
+def _check_records(records: list[EventRecord]) -> None:
+    for record in records:
+        problem = record_problem(record)
+        if problem is not None:
+            raise PayloadError(problem)
 
 
 def _limit(state: IntakeState) -> int:
@@ -111,6 +127,7 @@ def _reject(state: IntakeState, name: str, exc: WebhookError) -> Response:
     reason = {
         401: "timestamp" if isinstance(exc, TimestampError) else "signature",
         413: "too_large",
+        415: "encoding",
     }.get(exc.status, "payload")
     state.runtime.metrics.webhooks_rejected.labels(name, reason).inc()
     if isinstance(exc, TimestampError):

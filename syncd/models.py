@@ -9,6 +9,8 @@ from sqlalchemy import BigInteger, DateTime, Index, Integer, Text, UniqueConstra
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Column, Field, SQLModel
 
+from connectors.base import FIELD_LIMITS
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """A timestamp stored as UTC and always read back as an aware UTC datetime.
@@ -57,20 +59,24 @@ class Event(SQLModel, table=True):
     )
 
     offset: int | None = Field(
-        default=None, sa_column=Column(BigInteger().with_variant(Integer, "sqlite"),
-                                       primary_key=True, autoincrement=True)
+        default=None,
+        sa_column=Column(
+            BigInteger().with_variant(Integer, "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
     )
     provider: str = Field(max_length=64)
-    key: str = Field(max_length=512)
-    type: str = Field(max_length=256)
+    key: str = Field(max_length=FIELD_LIMITS["key"])
+    type: str = Field(max_length=FIELD_LIMITS["type"])
     occurred_at: datetime = _time(nullable=False)
     first_seen_at: datetime = _time(nullable=False)
     first_source: str = Field(max_length=16)
     webhook_seen_at: datetime | None = _time()
     poll_seen_at: datetime | None = _time()
     duplicates: int = 0
-    resource: str | None = Field(default=None, max_length=512)
-    version: str | None = Field(default=None, max_length=128)
+    resource: str | None = Field(default=None, max_length=FIELD_LIMITS["resource"])
+    version: str | None = Field(default=None, max_length=FIELD_LIMITS["version"])
     payload: str = Field(sa_column=Column(Text, nullable=False))
 
 

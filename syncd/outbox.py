@@ -28,6 +28,9 @@ from sqlalchemy.orm import Session, aliased
 from syncd.models import Delivery, Event
 from syncd.sinks.base import Outcome
 
+# What record_outcome returns for a failure it did not store.
+LEASE_LOST = "lease-lost"
+
 
 @dataclass(frozen=True)
 class SinkRoute:
@@ -90,15 +93,7 @@ def create_deliveries(
     transaction.
     """
     rows = [
-        {
-            "event_offset": offset,
-            "sink": route.sink,
-            "resource": resource_of(provider, resource),
-            "status": "pending",
-            "attempts": 0,
-            "created_at": now,
-            "next_attempt_at": now,
-        }
+        _new_row(offset, route.sink, resource_of(provider, resource), now)
         for offset, event_type, resource in events
         for route in routes
         if route.matches(provider, event_type)
@@ -106,6 +101,20 @@ def create_deliveries(
     if rows:
         session.execute(insert(Delivery), rows)
     return len(rows)
+
+
+def _new_row(
+    offset: int, sink: str, resource: str | None, now: datetime
+) -> dict[str, Any]:
+    return {
+        "event_offset": offset,
+        "sink": sink,
+        "resource": resource,
+        "status": "pending",
+        "attempts": 0,
+        "created_at": now,
+        "next_attempt_at": now,
+    }
 
 
 def claim(
@@ -124,7 +133,7 @@ def claim(
         select(table.id)
         .where(table.sink == sink, table.status == "pending")
         .where(table.next_attempt_at <= now)
-        .where(or_(table.lease_until.is_(None), table.lease_until < now))
+        .where(table.lease_until.is_(None))
         .order_by(table.event_offset)
         .limit(limit)
     )
@@ -208,6 +217,27 @@ def _iso(moment: datetime) -> str:
     return to_utc_iso(moment)
 
 
+def renew(
+    session: Session, delivery_id: int, owner: str, now: datetime, lease: timedelta
+) -> bool:
+    """Extend ``owner``'s lease of a pending row; return False if it was lost.
+
+    A worker calls this just before each delivery. A batch claimed long ago
+    may contain rows whose lease ran out and passed to another worker, and
+    those must not be delivered a second time.
+    """
+    result = session.execute(
+        update(Delivery)
+        .where(
+            Delivery.id == delivery_id,
+            Delivery.lease_owner == owner,
+            Delivery.status == "pending",
+        )
+        .values(lease_until=now + lease)
+    )
+    return result.rowcount == 1
+
+
 def record_outcome(
     session: Session,
     delivery: Delivery,
@@ -215,26 +245,45 @@ def record_outcome(
     policy: RetryPolicy,
     now: datetime,
     rng: random.Random,
+    *,
+    owner: str | None = None,
 ) -> str:
-    """Store one attempt's outcome; return the row's new status."""
-    delivery.attempts += 1
-    delivery.lease_owner = None
-    delivery.lease_until = None
+    """Store one attempt's outcome; return the row's new status.
+
+    With ``owner``, the row is changed only while ``owner`` holds its lease,
+    in one conditional UPDATE. When the lease has passed to another worker,
+    a success still marks the row delivered but a failure changes nothing,
+    and the new holder's lease is kept either way.
+    """
+    attempts = delivery.attempts + 1
+    values: dict[str, Any] = {
+        "attempts": attempts,
+        "lease_owner": None,
+        "lease_until": None,
+    }
     if outcome.delivered:
-        delivery.status, delivery.delivered_at, delivery.last_error = (
-            "delivered",
-            now,
-            None,
-        )
-        return delivery.status
-    delivery.last_error = outcome.error
-    too_old = now - delivery.created_at >= policy.max_age
-    if delivery.attempts >= policy.max_attempts or too_old:
-        delivery.status = "dead"
-        return delivery.status
-    wait = policy.wait(delivery.attempts, outcome.retry_after, rng)
-    delivery.next_attempt_at = now + timedelta(seconds=wait)
-    return delivery.status
+        values.update(status="delivered", delivered_at=now, last_error=None)
+    else:
+        values.update(status="pending", last_error=outcome.error)
+        too_old = now - delivery.created_at >= policy.max_age
+        if attempts >= policy.max_attempts or too_old:
+            values["status"] = "dead"
+        else:
+            wait = policy.wait(attempts, outcome.retry_after, rng)
+            values["next_attempt_at"] = now + timedelta(seconds=wait)
+    statement = update(Delivery).where(Delivery.id == delivery.id)
+    if owner is not None:
+        statement = statement.where(Delivery.lease_owner == owner)
+    if session.execute(statement.values(**values)).rowcount == 1:
+        return values["status"]
+    if not outcome.delivered:
+        return LEASE_LOST
+    session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery.id)
+        .values(status="delivered", delivered_at=now, last_error=None)
+    )
+    return "delivered"
 
 
 def release(session: Session, owner: str) -> None:
@@ -254,15 +303,12 @@ def retry(
     sink: str | None = None,
     now: datetime,
 ) -> int:
-    """Make the given rows (or every dead row) due now; return how many."""
-    statement = update(Delivery).values(
-        status="pending",
-        next_attempt_at=now,
-        attempts=0,
-        lease_owner=None,
-        lease_until=None,
-        created_at=now,
-    )
+    """Make the given rows (or every dead row) due now; return how many.
+
+    Delivered rows are left alone (replay delivers them again). The lease of
+    a row that a worker is delivering right now is kept, so no second worker
+    claims it before the first records its outcome.
+    """
     conditions = []
     if ids:
         conditions.append(Delivery.id.in_(ids))  # type: ignore[union-attr]
@@ -272,7 +318,21 @@ def retry(
         conditions.append(Delivery.status != "delivered")
     if sink:
         conditions.append(Delivery.sink == sink)
-    return session.execute(statement.where(and_(*conditions))).rowcount
+    statement = update(Delivery).where(and_(*conditions)).values(**_due_again(now))
+    return session.execute(statement).rowcount
+
+
+def _due_again(now: datetime) -> dict[str, Any]:
+    """Return the column values that make a row due now with fresh attempts.
+
+    ``created_at`` restarts too, so that ``max_age`` counts from now.
+    """
+    return {
+        "status": "pending",
+        "next_attempt_at": now,
+        "attempts": 0,
+        "created_at": now,
+    }
 
 
 def replay(session: Session, route: SinkRoute, since: datetime, now: datetime) -> int:
@@ -287,36 +347,30 @@ def replay(session: Session, route: SinkRoute, since: datetime, now: datetime) -
         .where(Event.first_seen_at >= since)
         .order_by(Event.offset)  # type: ignore[arg-type]
     ).all()
-    offsets = [e.offset for e in events if route.matches(e.provider, e.type)]
-    if not offsets:
+    matching = [e for e in events if route.matches(e.provider, e.type)]
+    if not matching:
         return 0
-    existing = set(
+    # One range query and updates by primary key: long IN lists exceed the
+    # bound parameter limits of SQLite and psycopg, and are slow to match.
+    existing = dict(
         session.execute(
-            select(Delivery.event_offset).where(
+            select(Delivery.event_offset, Delivery.id).where(
                 Delivery.sink == route.sink,
-                Delivery.event_offset.in_(offsets),  # type: ignore
+                Delivery.event_offset >= matching[0].offset,
             )
-        ).scalars()
+        ).all()
     )
-    session.execute(
-        update(Delivery)
-        .where(Delivery.sink == route.sink, Delivery.event_offset.in_(existing))  # type: ignore
-        .values(
-            status="pending",
-            next_attempt_at=now,
-            attempts=0,
-            lease_owner=None,
-            lease_until=None,
-            created_at=now,
-        )
-    )
-    missing = [e for e in events if e.offset in set(offsets) - existing]
-    for event in missing:
-        create_deliveries(
-            session,
-            [route],
-            event.provider,
-            [(event.offset, event.type, event.resource)],
-            now,
-        )
-    return len(offsets)
+    due = _due_again(now)
+    updates = [
+        {"id": existing[e.offset], **due} for e in matching if e.offset in existing
+    ]
+    if updates:
+        session.execute(update(Delivery), updates)
+    rows = [
+        _new_row(e.offset, route.sink, resource_of(e.provider, e.resource), now)
+        for e in matching
+        if e.offset not in existing
+    ]
+    if rows:
+        session.execute(insert(Delivery), rows)
+    return len(matching)

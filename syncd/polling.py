@@ -20,7 +20,8 @@ from typing import Any
 import httpx
 from sqlalchemy.orm import Session
 
-from connectors.base import Connector, Page, PageRequest, Window
+from connectors.base import Connector, Page, PageRequest, Window, record_problem
+from syncd.errors import ResponseError
 from syncd.fetch import Fetcher
 from syncd.gaps import GapNotice
 from syncd.pacing import server_poll_interval
@@ -109,13 +110,21 @@ def run_listing(
     """
     request = start or connector.first_request(listing, report.window)
     first: httpx.Response | None = None
+    seen: set[PageRequest] = set()
     while request is not None:
+        if request in seen:
+            raise ResponseError(
+                f"the next page of {listing} is one already read in this run "
+                f"({request.url}); the provider's pagination loops"
+            )
+        seen.add(request)
         response = fetcher.fetch(request, validators if first is None else None)
         first = first or response
         if response.status_code == 304:
             report.not_modified = True
             return first
         page = connector.parse_page(listing, request, response)
+        _check_records(page)
         with store.session() as session:
             result = record_events(
                 session, connector.provider.name, report.source, page.records, clock()
@@ -127,6 +136,13 @@ def run_listing(
         _note_capped_feed(connector, listing, report, page)
         request = page.next
     return first
+
+
+def _check_records(page: Page) -> None:
+    for record in page.records:
+        problem = record_problem(record)
+        if problem is not None:
+            raise ResponseError(problem)
 
 
 def _note_capped_feed(

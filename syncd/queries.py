@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select
 
 from syncd.gaps import open_gaps
-from syncd.models import Cursor, Event, Run, SourceStats
+from syncd.models import Cursor, Delivery, Event, Run, SourceStats
+from syncd.outbox import idempotency_key
 from syncd.store import Store
 from syncd.units import to_utc_iso
 
@@ -147,3 +148,76 @@ def _last_run(session: Any, name: str, kind: str) -> dict[str, Any] | None:
         "new": run.new,
         "error": run.error,
     }
+
+
+def delivery_to_json(delivery: Delivery, event: Event) -> dict[str, Any]:
+    """Return the JSON form of one outbox row, with its event's identity."""
+    return {
+        "id": delivery.id,
+        "sink": delivery.sink,
+        "status": delivery.status,
+        "attempts": delivery.attempts,
+        "offset": event.offset,
+        "provider": event.provider,
+        "key": event.key,
+        "type": event.type,
+        "idempotency_key": idempotency_key(event.provider, event.key),
+        "created_at": to_utc_iso(delivery.created_at),
+        "next_attempt_at": to_utc_iso(delivery.next_attempt_at),
+        "delivered_at": _iso(delivery.delivered_at),
+        "last_error": delivery.last_error,
+    }
+
+
+def list_deliveries(
+    store: Store,
+    *,
+    statuses: tuple[str, ...] = (),
+    sinks: tuple[str, ...] = (),
+    limit: int = 100,
+) -> list[tuple[Delivery, Event]]:
+    """Return outbox rows with their events, oldest first."""
+    statement = select(Delivery, Event).join(
+        Event,
+        Event.offset == Delivery.event_offset,  # type: ignore[arg-type]
+    )
+    if statuses:
+        statement = statement.where(Delivery.status.in_(statuses))  # type: ignore
+    if sinks:
+        statement = statement.where(Delivery.sink.in_(sinks))  # type: ignore
+    statement = statement.order_by(Delivery.id).limit(limit)  # type: ignore[arg-type]
+    with store.session() as session:
+        return [(row[0], row[1]) for row in session.execute(statement).all()]
+
+
+@dataclass
+class SinkStatus:
+    """What ``syncd status`` shows for one sink."""
+
+    name: str
+    kind: str
+    backlog: int = 0
+    oldest_pending_age_seconds: float | None = None
+    dead: int = 0
+    delivered: int = 0
+
+
+def sink_status(store: Store, name: str, kind: str, now: datetime) -> SinkStatus:
+    """Count one sink's pending, dead and delivered rows."""
+    status = SinkStatus(name=name, kind=kind)
+    with store.session() as session:
+        counts = session.execute(
+            select(Delivery.status, func.count(), func.min(Delivery.created_at))
+            .where(Delivery.sink == name)
+            .group_by(Delivery.status)
+        ).all()
+    for state, count, oldest in counts:
+        if state == "pending":
+            status.backlog = count
+            oldest = oldest.replace(tzinfo=UTC) if oldest.tzinfo is None else oldest
+            status.oldest_pending_age_seconds = (now - oldest).total_seconds()
+        elif state == "dead":
+            status.dead = count
+        elif state == "delivered":
+            status.delivered = count
+    return status

@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from connectors.base import Connector
 from connectors.registry import load_connector
 from syncd.config import Config
 from syncd.metrics import Metrics
+from syncd.outbox import RetryPolicy, SinkRoute
 from syncd.store import Store
 
 
@@ -27,6 +29,7 @@ class Runtime:
     def open(cls, config: Config, clock: Callable[[], float] = time.time) -> Runtime:
         """Open the store and build the connectors of ``config``."""
         store = Store(config.daemon.database)
+        store.sink_routes = [route_of(sink) for sink in config.sinks.values()]
         connectors = {
             name: load_connector(provider.connector)(provider)
             for name, provider in config.providers.items()
@@ -35,3 +38,13 @@ class Runtime:
 
     def close(self) -> None:
         self.store.dispose()
+
+
+def route_of(sink: Any) -> SinkRoute:
+    """Return the routing filter of one sink's configuration."""
+    return SinkRoute(sink.name, tuple(sink.providers), tuple(sink.types))
+
+
+def policy_of(sink: Any) -> RetryPolicy:
+    """Return the retry policy of one sink's configuration."""
+    return RetryPolicy(max_attempts=sink.max_attempts, max_age=sink.max_age)

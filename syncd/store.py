@@ -26,6 +26,7 @@ from sqlmodel import SQLModel
 from connectors.base import EventRecord
 from syncd.errors import StoreUnavailableError
 from syncd.models import Cursor, Event, SourceStats
+from syncd.outbox import SinkRoute, create_deliveries
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,14 @@ class Store:
     def __init__(self, url: str, *, create: bool = True) -> None:
         self.url = url
         self.engine = make_engine(url)
+        # Sinks whose delivery rows record_events creates with each new event.
+        self.sink_routes: list[SinkRoute] = []
         if create:
-            self.create_schema()
+            try:
+                self.create_schema()
+            except StoreUnavailableError:
+                self.engine.dispose()
+                raise
 
     @property
     def dialect(self) -> str:
@@ -75,6 +82,7 @@ class Store:
         """
         try:
             with Session(self.engine, expire_on_commit=False) as session:
+                session.info["sink_routes"] = self.sink_routes
                 with session.begin():
                     yield session
         except (DBAPIError, OSError) as exc:
@@ -132,7 +140,9 @@ def record_events(
 
     A record whose (provider, key) is already in the log is not stored again:
     its ``duplicates`` goes up by one and the stream's first-seen time is
-    filled in if this stream had not seen it yet.
+    filled in if this stream had not seen it yet. Each new event gets its
+    outbox rows for the sinks in ``session.info["sink_routes"]`` (set by
+    :meth:`Store.session`) in the same transaction.
     """
     result = WriteResult()
     unique: dict[str, EventRecord] = {}
@@ -164,6 +174,16 @@ def record_events(
         else:
             result.duplicates.append(record)
     _count_batch_repeats(session, provider, records)
+    routes = session.info.get("sink_routes")
+    if routes and result.new:
+        new = zip(result.new_offsets, result.new, strict=True)
+        create_deliveries(
+            session,
+            routes,
+            provider,
+            [(offset, r.type, r.resource) for offset, r in new],
+            seen_at,
+        )
 
     _count_arrivals(session, provider, source, len(records), result, seen_at)
     return result

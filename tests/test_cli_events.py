@@ -363,9 +363,10 @@ def test_tail_filter_provider(log: Log) -> None:
 
 
 def status_json(log: Log) -> dict[str, dict[str, Any]]:
+    """Run ``status --json`` and return its provider items by name."""
     result = invoke("status", "-c", str(log.config), "--json")
     assert result.exit_code == 0, result.output
-    return {item["name"]: item for item in json.loads(result.stdout)}
+    return {item["name"]: item for item in json.loads(result.stdout)["providers"]}
 
 
 def test_status_json_providers(log: Log) -> None:

@@ -2,12 +2,15 @@
 
 Exit code 0 means delivered. The idempotency key is also passed in the
 ``SYNCD_IDEMPOTENCY_KEY`` environment variable. A program that runs longer
-than the sink's timeout is killed and the attempt counts as failed.
+than the sink's timeout is killed with every process it started (it runs in
+a process group of its own), and the attempt counts as failed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 
 from syncd.sinks.base import Outcome, Sink
@@ -19,25 +22,39 @@ class CommandSink(Sink):
     def deliver(self, body: bytes, idempotency_key: str, timestamp: int) -> Outcome:
         command = list(self.settings.command)
         env = dict(os.environ, SYNCD_IDEMPOTENCY_KEY=idempotency_key)
+        timeout = self.settings.timeout.total_seconds()
         try:
-            finished = subprocess.run(
+            process = subprocess.Popen(
                 command,
-                input=body,
-                capture_output=True,
-                timeout=self.settings.timeout.total_seconds(),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 env=env,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            return Outcome.failed(
-                f"{command[0]} did not finish within "
-                f"{self.settings.timeout.total_seconds():g}s and was killed"
+                start_new_session=True,
             )
         except OSError as exc:
             return Outcome.failed(f"cannot run {command[0]}: {exc.strerror}")
-        if finished.returncode == 0:
+        with process:
+            try:
+                _, stderr = process.communicate(body, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(process)
+                return Outcome.failed(
+                    f"{command[0]} did not finish within {timeout:g}s and was "
+                    "killed with its child processes"
+                )
+        if process.returncode == 0:
             return Outcome.ok()
-        stderr = finished.stderr.decode("utf-8", "replace").strip()[-300:]
+        text = stderr.decode("utf-8", "replace").strip()[-300:]
         return Outcome.failed(
-            f"{command[0]} exited with {finished.returncode}: {stderr or 'no output'}"
+            f"{command[0]} exited with {process.returncode}: {text or 'no output'}"
         )
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the program's process group and reap the program."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    # communicate() is not called again: a child that left the group may
+    # still hold the pipes open.
+    process.wait()

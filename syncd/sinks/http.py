@@ -4,13 +4,14 @@ Headers: ``webhook-id`` (the idempotency key, the same on every attempt),
 ``webhook-timestamp`` (Unix seconds of this attempt) and ``webhook-signature``
 (``v1,`` + base64 HMAC-SHA256 of ``id.timestamp.body`` under the base64 key
 after ``whsec_``), so any Standard Webhooks library verifies it. A 2xx
-answer means delivered.
+answer means delivered; the response body is not read.
 """
 
 from __future__ import annotations
 
 import base64
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -26,6 +27,20 @@ def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(hmac_sha256(key, signed)).decode()
 
 
+def origin_of(url: str) -> str:
+    """Return ``scheme://host[:port]`` of a URL.
+
+    Errors name only the origin, because webhook URLs often carry a token in
+    the user part, the path or the query.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}"
+
+
 class HttpSink(Sink):
     """POSTs envelopes to the user's endpoint."""
 
@@ -34,6 +49,7 @@ class HttpSink(Sink):
         self.client = httpx.Client(
             timeout=settings.timeout.total_seconds(), trust_env=False
         )
+        self.origin = origin_of(settings.url)
 
     def deliver(self, body: bytes, idempotency_key: str, timestamp: int) -> Outcome:
         headers = {
@@ -47,19 +63,23 @@ class HttpSink(Sink):
             headers["webhook-signature"] = sign(
                 secret, idempotency_key, timestamp, body
             )
+        # NOTE: httpx applies the timeout to each connect, write and read, so a
+        # receiver that sends its headers a byte at a time can take longer.
         try:
-            response = self.client.post(
-                self.settings.url, content=body, headers=headers
-            )
+            with self.client.stream(
+                "POST", self.settings.url, content=body, headers=headers
+            ) as response:
+                status, wait = response.status_code, retry_after(response)
         except httpx.TimeoutException:
-            return Outcome.failed(f"POST {self.settings.url} timed out")
+            return Outcome.failed(f"POST to {self.origin} timed out")
         except httpx.TransportError as exc:
-            return Outcome.failed(f"POST {self.settings.url} failed: {exc!r}")
-        if response.is_success:
+            return Outcome.failed(
+                f"POST to {self.origin} failed: {type(exc).__name__}: {exc}"
+            )
+        if 200 <= status < 300:
             return Outcome.ok()
         return Outcome.failed(
-            f"POST {self.settings.url} answered {response.status_code}",
-            retry_after=retry_after(response),
+            f"POST to {self.origin} answered {status}", retry_after=wait
         )
 
     def close(self) -> None:

@@ -53,7 +53,7 @@ class Delivery:
 
 @dataclass
 class DeliveryStats:
-    """What one deliver() call did; ``failed`` counts non-2xx answers."""
+    """What one deliver() call did; ``failed`` counts non-2xx responses."""
 
     delivered: list[Delivery] = field(default_factory=list)
     dropped: list[Delivery] = field(default_factory=list)

@@ -18,7 +18,7 @@ import respx
 from sqlalchemy import select
 
 from connectors.base import Page, PageRequest, Window
-from connectors.github import GitHubConnector, since_param
+from connectors.github import GitHubConnector, since_param, version_text
 from syncd import config
 from syncd.daemon import Daemon
 from syncd.errors import ConfigError, PayloadError, ResponseError, SignatureError
@@ -146,14 +146,14 @@ def no_sleep(seconds: float) -> None:
 
 
 def test_vectors_include_valid_and_invalid() -> None:
-    """The copied vector file holds both valid and invalid GitHub vectors."""
+    """The copied vector file contains both valid and invalid GitHub vectors."""
     expected = {vector["expected"] for vector in VECTORS["vectors"]}
     assert expected == {"valid", "invalid"}
 
 
 @pytest.mark.parametrize("vector", VECTORS["vectors"], ids=lambda v: v["id"])
 def test_verify_vector(vector: dict[str, Any]) -> None:
-    """Each GitHub vector verifies or fails as its ``expected`` field says."""
+    """Each GitHub vector verifies or fails as its ``expected`` field specifies."""
     connector = make_connector(webhook_secret=vector["secret"])
     headers = {name.lower(): value for name, value in vector["headers"].items()}
     body = vector["body"].encode("utf-8")
@@ -351,7 +351,7 @@ def test_issue_key_uses_lower_case_repository() -> None:
     ],
 )
 def test_polled_issue_type(fields: dict[str, Any], expected: str) -> None:
-    """A listed issue's type says whether it was opened, closed or updated."""
+    """A listed issue's type states whether it was opened, closed or updated."""
     issue = payload("issues/opened.payload.json")["issue"]
     issue.update(created_at="2019-05-15T15:20:18Z", **fields)
     page = parse_listed(make_connector(), "issues", [issue])
@@ -417,13 +417,16 @@ def test_auth_headers() -> None:
 
 
 def test_next_page_from_link_header() -> None:
-    """The Link header's rel=next URL is the next request, unchanged."""
+    """The Link header's rel=next URL, with its query as params, is the next request."""
     connector = make_connector()
     listing = f"issues:{REPO}"
     request = connector.first_request(listing, Window(None, None))
-    link = "https://api.github.com/repositories/1296269/issues?page=2"
+    link = "https://api.github.com/repositories/1296269/issues?per_page=3&page=2"
     page = connector.parse_page(listing, request, list_response([], link))
-    assert page.next == PageRequest(url=link)
+    assert page.next == PageRequest(
+        url="https://api.github.com/repositories/1296269/issues",
+        params=(("per_page", "3"), ("page", "2")),
+    )
 
 
 def pull(number: int, updated_at: str) -> dict[str, Any]:
@@ -454,7 +457,8 @@ def test_pulls_listing_carries_since() -> None:
     items = [pull(3, "2024-05-01T11:00:00Z")]
     page = connector.parse_page(listing, request, list_response(items, link))
     assert page.next == PageRequest(
-        url=link, params=(("since", "2024-05-01T09:59:59Z"),)
+        url="https://api.github.com/repositories/1/pulls",
+        params=(("page", "2"), ("since", "2024-05-01T09:59:59Z")),
     )
 
 
@@ -491,6 +495,25 @@ def test_options_require_repositories() -> None:
     """A GitHub table without repositories is a configuration error."""
     with pytest.raises(ConfigError, match="repositories"):
         make_connector(repositories=None)
+
+
+@pytest.mark.parametrize(
+    ("moment", "expected"),
+    [
+        (datetime(2019, 5, 15, 15, 20, 18, tzinfo=UTC), "2019-05-15T15:20:18Z"),
+        (
+            datetime(2022, 1, 28, 10, 30, 33, 900000, tzinfo=UTC),
+            "2022-01-28T10:30:33.900Z",
+        ),
+        (
+            datetime(2022, 1, 28, 10, 30, 33, 123456, tzinfo=UTC),
+            "2022-01-28T10:30:33.123456Z",
+        ),
+    ],
+)
+def test_version_text_has_one_form(moment: datetime, expected: str) -> None:
+    """Version times are written without, in milliseconds or in microseconds."""
+    assert version_text(moment) == expected
 
 
 def test_since_param_floors_and_steps_back() -> None:
@@ -656,14 +679,15 @@ def test_poll_pages_shifting_skip_nothing(
     with httpx.Client(trust_env=False) as client:
         runner = ProviderRunner(store, connector, client, clock=clock, sleep=no_sleep)
         first = runner.poll()[0]
+        after_first = {(entry.resource, entry.version) for entry in logged(store)}
         simulator.after_page = None
         second = runner.poll()[0]
 
     assert first.ok
     assert second.ok
-    pairs = {(entry.resource, entry.version) for entry in logged(store)}
-    assert before - pairs == set()
-    assert simulator.current_versions() - pairs == set()
+    assert before - after_first == set()
+    after_second = {(entry.resource, entry.version) for entry in logged(store)}
+    assert simulator.current_versions() - after_second == set()
 
 
 def test_pull_request_keys_use_pull_view(
