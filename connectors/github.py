@@ -84,6 +84,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from connectors.base import Connector, EventRecord, Page, PageRequest, Window, dump_json
+from connectors.parsing import parse_time, version_text
 from connectors.signing import hmac_sha256, matches_any
 from syncd.errors import PayloadError, ResponseError, SignatureError
 
@@ -282,7 +283,7 @@ def _pulls_page(
     """
     since = _param(request, "since")
     if since is not None:
-        start = _parse_time(since, "since")
+        start = parse_time(since, "since")
         in_window = [r for r in records if r.occurred_at >= start]
         if len(in_window) < len(records):
             return Page(records=in_window, next=None)
@@ -482,7 +483,7 @@ def _delivery_time(event: str, payload: dict[str, Any]) -> datetime:
             value = subject.get(field)
             if isinstance(value, str):
                 try:
-                    return _parse_time(value, field)
+                    return parse_time(value, field)
                 except ValueError:
                     break
     repository = payload.get("repository")
@@ -586,30 +587,5 @@ def _updated_at(item: dict[str, Any]) -> tuple[datetime, str]:
     value = item.get("updated_at")
     if not isinstance(value, str):
         raise ValueError("missing string 'updated_at'")
-    moment = _parse_time(value, "updated_at")
+    moment = parse_time(value, "updated_at")
     return moment, version_text(moment)
-
-
-def _parse_time(value: str, field: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"invalid {field} {value[:40]!r}") from None
-    if moment.tzinfo is None:
-        raise ValueError(f"{field} {value[:40]!r} has no UTC offset")
-    return moment.astimezone(UTC)
-
-
-def version_text(moment: datetime) -> str:
-    """Format a version time as UTC ISO 8601 with ``Z``.
-
-    The fraction of a second is left out when it is zero and written in
-    milliseconds when it is whole milliseconds, so each instant has one text.
-    """
-    utc = moment.astimezone(UTC)
-    text = utc.strftime("%Y-%m-%dT%H:%M:%S")
-    if utc.microsecond % 1000:
-        text += f".{utc.microsecond:06d}"
-    elif utc.microsecond:
-        text += f".{utc.microsecond // 1000:03d}"
-    return text + "Z"

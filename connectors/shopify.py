@@ -65,6 +65,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from connectors.base import Connector, EventRecord, Page, PageRequest, Window, dump_json
+from connectors.parsing import json_object, parse_time, version_text
 from connectors.signing import hmac_sha256, matches_any
 from syncd.errors import ConfigError, PayloadError, ResponseError, SignatureError
 
@@ -238,7 +239,7 @@ class ShopifyConnector(Connector):
     def parse_page(
         self, listing: str, request: PageRequest, response: httpx.Response
     ) -> Page:
-        items = _json_response(response).get(listing)
+        items = json_object(response).get(listing)
         if not isinstance(items, list):
             raise ResponseError(f"expected a JSON object with a {listing!r} array")
         try:
@@ -321,7 +322,7 @@ def _version_record(
     value = item.get("updated_at")
     if not isinstance(value, str):
         raise ValueError(f"{resource} has no string 'updated_at'")
-    occurred_at = _parse_time(value, "updated_at")
+    occurred_at = parse_time(value, "updated_at")
     version = version_text(occurred_at)
     return EventRecord(
         key=f"{resource}:{version}",
@@ -353,7 +354,7 @@ def _triggered_at(headers: Mapping[str, str]) -> datetime:
     value = headers.get(TRIGGERED_AT_HEADER)
     if value:
         try:
-            return _parse_time(value, "X-Shopify-Triggered-At")
+            return parse_time(value, "X-Shopify-Triggered-At")
         except ValueError as exc:
             log.warning("using this host's clock: %s", exc)
     # NOTE: this falls back to the receiving host's clock, not provider time.
@@ -378,39 +379,3 @@ def _json_object(body: bytes) -> tuple[str, dict[str, Any]]:
     if not isinstance(payload, dict):
         raise PayloadError(f"expected a JSON object, got {type(payload).__name__}")
     return text, payload
-
-
-def _json_response(response: httpx.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except (ValueError, RecursionError):
-        kind = response.headers.get("content-type", "no content type")
-        raise ResponseError(f"response is not JSON ({kind})") from None
-    if not isinstance(body, dict):
-        raise ResponseError(f"expected a JSON object, got {type(body).__name__}")
-    return body
-
-
-def _parse_time(value: str, field: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"invalid {field} {value[:40]!r}") from None
-    if moment.tzinfo is None:
-        raise ValueError(f"{field} {value[:40]!r} has no UTC offset")
-    return moment.astimezone(UTC)
-
-
-def version_text(moment: datetime) -> str:
-    """Format a version time as UTC ISO 8601 with ``Z``.
-
-    The fraction of a second is left out when it is zero and written in
-    milliseconds when it is whole milliseconds, so each instant has one text.
-    """
-    utc = moment.astimezone(UTC)
-    text = utc.strftime("%Y-%m-%dT%H:%M:%S")
-    if utc.microsecond % 1000:
-        text += f".{utc.microsecond:06d}"
-    elif utc.microsecond:
-        text += f".{utc.microsecond // 1000:03d}"
-    return text + "Z"

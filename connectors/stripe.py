@@ -22,6 +22,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 
 from connectors.base import Connector, EventRecord, Page, PageRequest, Window, dump_json
+from connectors.parsing import json_object
 from connectors.signing import hmac_sha256, matches_any
 from syncd.errors import PayloadError, ResponseError, SignatureError, TimestampError
 
@@ -95,7 +96,7 @@ class StripeConnector(Connector):
     def parse_page(
         self, listing: str, request: PageRequest, response: httpx.Response
     ) -> Page:
-        body = _json_object(response)
+        body = json_object(response)
         data, has_more = body.get("data"), body.get("has_more")
         if body.get("object") != "list" or not isinstance(data, list):
             raise ResponseError("expected a list object with a 'data' array")
@@ -177,14 +178,3 @@ def parse_signature_header(value: str | None) -> tuple[int, list[str]]:
     if not signatures:
         raise SignatureError("Stripe-Signature header has no v1= signature")
     return timestamp, signatures
-
-
-def _json_object(response: httpx.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except (ValueError, RecursionError):
-        kind = response.headers.get("content-type", "no content type")
-        raise ResponseError(f"response is not JSON ({kind})") from None
-    if not isinstance(body, dict):
-        raise ResponseError(f"expected a JSON object, got {type(body).__name__}")
-    return body
