@@ -49,14 +49,39 @@ FIELD_LIMITS = {"key": 512, "type": 256, "resource": 512, "version": 128}
 
 
 def record_problem(record: EventRecord) -> str | None:
-    """Return why a record cannot be stored (a field too long), or None."""
+    """Return why a record cannot be stored, or None.
+
+    A field may be too long, or contain text that PostgreSQL rejects: a NUL
+    character or an unpaired surrogate (from a ``\\u0000`` or ``\\ud800``
+    escape in the JSON). Rejecting such a record keeps it from failing the
+    whole batch that the writer commits it with.
+    """
     for name, limit in FIELD_LIMITS.items():
         value = getattr(record, name)
-        if value is not None and len(value) > limit:
+        if value is None:
+            continue
+        if len(value) > limit:
             return (
                 f"event {name} {value[:60]!r}... is {len(value)} characters; "
                 f"the log keeps at most {limit}"
             )
+        problem = _text_problem(value)
+        if problem is not None:
+            return f"event {name} {value[:60]!r} contains {problem}"
+    problem = _text_problem(record.payload)
+    if problem is not None:
+        return f"event {record.key[:60]!r}: the payload contains {problem}"
+    return None
+
+
+def _text_problem(value: str) -> str | None:
+    if "\x00" in value:
+        return "a NUL character, which the log cannot store"
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "an unpaired UTF-16 surrogate, which is not valid Unicode"
     return None
 
 
@@ -104,12 +129,21 @@ class Page:
     reaching the window's ``since``: entries older than ``gap_before`` may be
     missing, and the core reconciles that span through
     :meth:`Connector.reconcile_listings`.
+
+    ``rejected`` holds the items of an otherwise good page that the connector
+    cannot read, as (item JSON text, reason) pairs. The core stores them in
+    the quarantine table and goes on with the listing, so one malformed item
+    neither blocks the cursor nor disappears.
+
+    NOTE: only the Stripe connector fills ``rejected`` so far. The others
+    still raise ResponseError for an unreadable item, which fails the page.
     """
 
     records: list[EventRecord]
     next: PageRequest | None
     notes: list[str] = field(default_factory=list)
     gap_before: datetime | None = None
+    rejected: list[tuple[str, str]] = field(default_factory=list)
 
 
 class NoOptions(BaseModel):
@@ -224,5 +258,90 @@ class Connector(ABC):
 
 
 def dump_json(value: Any) -> str:
-    """Serialise one JSON value for storage: UTF-8 text, integers exact."""
-    return json.dumps(value, ensure_ascii=False)
+    """Serialise one JSON value for storage: UTF-8 text, integers exact.
+
+    Raises ValueError for NaN or an infinite number (a literal such as
+    ``1e400``), which JSON cannot express. Strings with unpaired surrogates
+    are written with ``\\u`` escapes, so the text stays valid UTF-8.
+    NOTE: a float with more significant digits than a double stores is
+    written rounded.
+    """
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = json.dumps(value, ensure_ascii=True, allow_nan=False)
+    return text
+
+
+# Maximum nesting depth of arrays and objects in a webhook body. Python's
+# parser raises RecursionError near 1000 levels, depending on the stack.
+MAX_JSON_DEPTH = 200
+
+
+class _DuplicateKeyError(ValueError):
+    pass
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise _DuplicateKeyError(f"duplicate key {name[:60]!r} in one object")
+            seen.add(name)
+    return result
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def json_depth(value: Any) -> int:
+    """Return how deeply arrays and objects nest in ``value`` (a scalar is 0)."""
+    depth = 0
+    level = [value]
+    while True:
+        containers = [item for item in level if isinstance(item, dict | list)]
+        if not containers:
+            return depth
+        depth += 1
+        level = []
+        for container in containers:
+            level.extend(
+                container.values() if isinstance(container, dict) else container
+            )
+
+
+def parse_json_body(body: bytes) -> tuple[str, Any]:
+    """Return a webhook body as text and as JSON; raise PayloadError if invalid.
+
+    The body must be UTF-8 JSON without duplicate object keys (other parsers
+    would pick the other value) or ``NaN``/``Infinity``, and nested at most
+    MAX_JSON_DEPTH levels. Integers of any size are kept exact.
+    """
+    from syncd.errors import PayloadError
+
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PayloadError(
+            f"body is not valid UTF-8 (byte 0x{body[exc.start]:02x} at offset "
+            f"{exc.start}); send UTF-8 JSON"
+        ) from None
+    try:
+        value = json.loads(
+            text, object_pairs_hook=_unique_object, parse_constant=_reject_constant
+        )
+    except RecursionError:
+        raise PayloadError(
+            f"body is JSON nested deeper than {MAX_JSON_DEPTH} levels"
+        ) from None
+    # ValueError also covers integers over Python's 4300-digit limit.
+    except ValueError as exc:
+        raise PayloadError(f"body is not valid JSON: {exc}") from None
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise PayloadError(f"body is JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return text, value

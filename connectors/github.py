@@ -71,7 +71,6 @@ duplicate. The delivery id header is not signed, though, so a replay of a
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -83,7 +82,15 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from connectors.base import Connector, EventRecord, Page, PageRequest, Window, dump_json
+from connectors.base import (
+    Connector,
+    EventRecord,
+    Page,
+    PageRequest,
+    Window,
+    dump_json,
+    parse_json_body,
+)
 from connectors.parsing import parse_time, version_text
 from connectors.signing import hmac_sha256, matches_any
 from syncd.errors import PayloadError, ResponseError, SignatureError
@@ -513,12 +520,7 @@ def _listed_comment_type(comment: dict[str, Any]) -> str:
 
 
 def _json_object(body: bytes) -> tuple[str, dict[str, Any]]:
-    try:
-        text = body.decode("utf-8")
-        payload = json.loads(text)
-    # ValueError also covers integers over Python's 4300-digit limit.
-    except (ValueError, RecursionError) as exc:
-        raise PayloadError(f"body is not valid JSON: {exc}") from None
+    text, payload = parse_json_body(body)
     if not isinstance(payload, dict):
         raise PayloadError(f"expected a JSON object, got {type(payload).__name__}")
     return text, payload

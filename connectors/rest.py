@@ -30,7 +30,6 @@ newest time seen is read then. A reconcile re-reads its whole window.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -48,7 +47,15 @@ from pydantic import (
     field_validator,
 )
 
-from connectors.base import Connector, EventRecord, Page, PageRequest, Window, dump_json
+from connectors.base import (
+    Connector,
+    EventRecord,
+    Page,
+    PageRequest,
+    Window,
+    dump_json,
+)
+from connectors.base import parse_json_body as _parse_json_body
 from connectors.verifiers import Verifier, WebhookOptions
 from syncd.errors import ConfigError, PayloadError, ResponseError, SignatureError
 from syncd.units import to_utc_iso
@@ -538,13 +545,7 @@ def lookup(value: Any, path: str) -> Any:
 
 def parse_json_body(body: bytes) -> tuple[str, Any]:
     """Return a webhook body as text and as JSON; raise PayloadError if invalid."""
-    try:
-        text = body.decode("utf-8")
-        document = json.loads(text)
-    # ValueError covers bad UTF-8, bad JSON and integers over 4300 digits.
-    except (ValueError, RecursionError) as exc:
-        raise PayloadError(f"body is not valid UTF-8 JSON: {exc}") from None
-    return text, document
+    return _parse_json_body(body)
 
 
 def response_json(response: httpx.Response) -> Any:

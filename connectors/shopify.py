@@ -52,7 +52,6 @@ Shopify calls the REST Admin API legacy since October 2024 (shopify.dev,
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import math
 import re
@@ -64,7 +63,15 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from connectors.base import Connector, EventRecord, Page, PageRequest, Window, dump_json
+from connectors.base import (
+    Connector,
+    EventRecord,
+    Page,
+    PageRequest,
+    Window,
+    dump_json,
+    parse_json_body,
+)
 from connectors.parsing import json_object, parse_time, version_text
 from connectors.signing import hmac_sha256, matches_any
 from syncd.errors import ConfigError, PayloadError, ResponseError, SignatureError
@@ -370,12 +377,7 @@ def _is_integer(value: Any) -> bool:
 
 
 def _json_object(body: bytes) -> tuple[str, dict[str, Any]]:
-    try:
-        text = body.decode("utf-8")
-        payload = json.loads(text)
-    # ValueError also covers integers over Python's 4300-digit limit.
-    except (ValueError, RecursionError) as exc:
-        raise PayloadError(f"body is not valid JSON: {exc}") from None
+    text, payload = parse_json_body(body)
     if not isinstance(payload, dict):
         raise PayloadError(f"expected a JSON object, got {type(payload).__name__}")
     return text, payload

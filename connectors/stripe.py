@@ -12,7 +12,6 @@ database drops the ones already stored.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -21,10 +20,19 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict
 
-from connectors.base import Connector, EventRecord, Page, PageRequest, Window, dump_json
+from connectors.base import (
+    Connector,
+    EventRecord,
+    Page,
+    PageRequest,
+    Window,
+    dump_json,
+    parse_json_body,
+)
 from connectors.parsing import json_object
 from connectors.signing import hmac_sha256, matches_any
-from syncd.errors import PayloadError, ResponseError, SignatureError, TimestampError
+from connectors.verifiers import check_tolerance
+from syncd.errors import PayloadError, ResponseError, SignatureError
 
 SIGNATURE_HEADER = "stripe-signature"
 
@@ -63,23 +71,14 @@ class StripeConnector(Connector):
             )
 
         tolerance = self.provider.signature_tolerance.total_seconds()
-        if abs(now - timestamp) > tolerance:
-            raise TimestampError(
-                f"signed timestamp {timestamp} is {now - timestamp:+.0f}s from "
-                f"this host's clock, outside the {tolerance:.0f}s tolerance; "
-                "a replay, or this host's clock is skewed"
-            )
+        check_tolerance(timestamp, now, tolerance)
 
     def parse_webhook(
         self, headers: Mapping[str, str], body: bytes
     ) -> list[EventRecord]:
+        text, event = parse_json_body(body)
         try:
-            event = json.loads(body)
-        # ValueError also covers integers over Python's 4300-digit limit.
-        except (ValueError, RecursionError) as exc:
-            raise PayloadError(f"body is not valid JSON: {exc}") from None
-        try:
-            record = self.event_record(event, body.decode("utf-8"))
+            record = self.event_record(event, text)
         except ValueError as exc:
             raise PayloadError(str(exc)) from None
         return [record]
@@ -97,26 +96,36 @@ class StripeConnector(Connector):
         self, listing: str, request: PageRequest, response: httpx.Response
     ) -> Page:
         body = json_object(response)
+        _raise_for_error_object(body)
         data, has_more = body.get("data"), body.get("has_more")
         if body.get("object") != "list" or not isinstance(data, list):
             raise ResponseError("expected a list object with a 'data' array")
         if not isinstance(has_more, bool):
             raise ResponseError("expected a boolean 'has_more'")
 
-        records = []
+        # An event that cannot be read is set aside for the quarantine, so
+        # that the rest of the page is stored and the listing goes on.
+        page = Page(records=[], next=None)
         for item in data:
             try:
-                records.append(self.event_record(item, dump_json(item)))
-            except ValueError as exc:
-                raise ResponseError(f"invalid event in 'data': {exc}") from None
+                page.records.append(self.event_record(item, dump_json(item)))
+            except (ValueError, RecursionError) as exc:
+                page.rejected.append((_item_text(item), f"invalid event: {exc}"))
 
         if not has_more:
-            return Page(records=records, next=None)
-        if not records:
+            return page
+        if not data:
             raise ResponseError("'has_more' is true but 'data' is empty")
+        last_id = _last_id(data)
+        if last_id is None:
+            raise ResponseError(
+                "'has_more' is true but no event in 'data' has a string 'id' "
+                "to continue after"
+            )
         params = [p for p in request.params if p[0] != "starting_after"]
-        params.append(("starting_after", records[-1].key))
-        return Page(records=records, next=PageRequest(request.url, tuple(params)))
+        params.append(("starting_after", last_id))
+        page.next = PageRequest(request.url, tuple(params))
+        return page
 
     def event_record(self, event: Any, payload: str) -> EventRecord:
         """Build the record of one Stripe event object; raise ValueError if invalid."""
@@ -178,3 +187,32 @@ def parse_signature_header(value: str | None) -> tuple[int, list[str]]:
     if not signatures:
         raise SignatureError("Stripe-Signature header has no v1= signature")
     return timestamp, signatures
+
+
+def _last_id(data: list[Any]) -> str | None:
+    """Return the id of the page's last item that has a string one."""
+    for item in reversed(data):
+        event_id = item.get("id") if isinstance(item, dict) else None
+        if isinstance(event_id, str) and event_id:
+            return event_id
+    return None
+
+
+def _item_text(item: Any) -> str:
+    try:
+        return dump_json(item)
+    except (ValueError, RecursionError):
+        pass
+    try:
+        return repr(item)[:10_000]
+    except RecursionError:
+        return "(an item nested too deeply to show)"
+
+
+def _raise_for_error_object(body: dict[str, Any]) -> None:
+    """Raise ResponseError for a 2xx response whose body is a Stripe error object."""
+    error = body.get("error")
+    if error is None or "data" in body:
+        return
+    message = error.get("message") if isinstance(error, dict) else error
+    raise ResponseError(f"the response is an error object: {str(message)[:200]!r}")

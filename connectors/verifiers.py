@@ -288,8 +288,9 @@ def check_tolerance(timestamp: int, now: float, tolerance: float) -> None:
     """Raise TimestampError when ``timestamp`` is more than ``tolerance`` from now."""
     if abs(now - timestamp) <= tolerance:
         return
+    direction = "behind" if timestamp < now else "ahead of"
     raise TimestampError(
-        f"signed timestamp {timestamp} is {now - timestamp:+.0f}s from this "
-        f"host's clock, outside the tolerance of {tolerance:.0f}s; a replay, "
+        f"signed timestamp {timestamp} is {abs(now - timestamp):.0f}s {direction} "
+        f"this host's clock, outside the {tolerance:.0f}s tolerance; a replay, "
         "or this host's clock is skewed"
     )

@@ -1,7 +1,8 @@
-"""Reading webhook bodies within a size limit, decompressing as they stream."""
+"""Reading webhook bodies within a size and time limit, decompressing as they stream."""
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from collections.abc import AsyncIterator, Mapping
 
@@ -15,9 +16,76 @@ class BodyTooLargeError(WebhookError):
 
 
 class UnsupportedEncodingError(WebhookError):
-    """The Content-Encoding is not one syncd can decode."""
+    """The Content-Encoding or Content-Type is not one syncd can decode."""
 
     status = 415
+
+
+class BodyTimeoutError(WebhookError):
+    """The client did not send the whole body within the read timeout."""
+
+    status = 408
+
+
+class BuffersFullError(WebhookError):
+    """Request bodies in memory have reached ``[daemon] max_buffered``."""
+
+    status = 503
+
+
+class BufferBudget:
+    """Bytes of request bodies that all requests together may hold in memory.
+
+    Used from the event loop's thread only, so it needs no lock.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, size: int) -> None:
+        """Count ``size`` more bytes; raise BuffersFullError past the limit."""
+        if self.used + size > self.limit:
+            raise BuffersFullError(
+                f"request bodies in memory would exceed the {self.limit}-byte "
+                "max_buffered limit; retry later"
+            )
+        self.used += size
+
+    def release(self, size: int) -> None:
+        """Return ``size`` bytes once the body that held them is dropped."""
+        self.used = max(0, self.used - size)
+
+
+def check_content_type(headers: Mapping[str, str]) -> None:
+    """Raise UnsupportedEncodingError unless the body is declared as UTF-8 JSON.
+
+    A missing Content-Type is accepted, because the signature and the JSON
+    parser still check the body. ``application/json`` and any
+    ``application/*+json`` type pass; a ``charset`` other than UTF-8 does not.
+    """
+    value = headers.get("content-type")
+    if value is None:
+        return
+    media_type, _, parameters = value.partition(";")
+    media_type = media_type.strip().lower()
+    if media_type != "application/json" and not (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    ):
+        raise UnsupportedEncodingError(
+            f"unsupported Content-Type {value[:60]!r}; configure the provider to "
+            "send application/json"
+        )
+    for parameter in parameters.split(";"):
+        name, _, charset = parameter.partition("=")
+        if name.strip().lower() != "charset":
+            continue
+        charset = charset.strip().strip('"').lower()
+        if charset not in ("utf-8", "utf8"):
+            raise UnsupportedEncodingError(
+                f"unsupported charset {charset[:30]!r} in Content-Type; "
+                "send application/json in UTF-8"
+            )
 
 
 def _decompressor(encoding: str) -> zlib._Decompress | None:
@@ -34,21 +102,65 @@ def _decompressor(encoding: str) -> zlib._Decompress | None:
 
 
 async def read_body(
-    headers: Mapping[str, str], chunks: AsyncIterator[bytes], limit: int
+    headers: Mapping[str, str],
+    chunks: AsyncIterator[bytes],
+    limit: int,
+    timeout: float | None = None,
+    budget: BufferBudget | None = None,
 ) -> bytes:
     """Return the request body, inflated if compressed, of at most ``limit`` bytes.
 
     Raises BodyTooLargeError as soon as the limit is passed, without reading
     or inflating the rest. A compressed body is inflated in steps of at most
-    the remaining allowance, so a small bomb never fills memory.
+    the remaining allowance, so a small bomb never fills memory. Raises
+    BodyTimeoutError when the whole body takes longer than ``timeout`` seconds.
+    With ``budget``, each chunk is counted against it as it arrives; on
+    success the caller releases ``len(body)`` once done with the body.
     """
     declared = headers.get("content-length", "")
     encoding = headers.get("content-encoding", "").strip().lower()
     if declared.isdigit() and int(declared) > limit:
         raise BodyTooLargeError(f"body of {declared} bytes is over the {limit} limit")
     inflater = _decompressor(encoding)
-
+    budget = budget or BufferBudget(limit)
     parts: list[bytes] = []
+    try:
+        await _read_with_timeout(
+            chunks, inflater, encoding, limit, parts, budget, timeout
+        )
+    except BaseException:
+        budget.release(sum(len(part) for part in parts))
+        raise
+    return b"".join(parts)
+
+
+async def _read_with_timeout(
+    chunks: AsyncIterator[bytes],
+    inflater: zlib._Decompress | None,
+    encoding: str,
+    limit: int,
+    parts: list[bytes],
+    budget: BufferBudget,
+    timeout: float | None,
+) -> None:
+    try:
+        async with asyncio.timeout(timeout):
+            await _read_chunks(chunks, inflater, encoding, limit, parts, budget)
+    except TimeoutError:
+        raise BodyTimeoutError(
+            f"the body did not arrive within the {timeout:g}s read timeout; "
+            "send it faster or raise [daemon] read_timeout"
+        ) from None
+
+
+async def _read_chunks(
+    chunks: AsyncIterator[bytes],
+    inflater: zlib._Decompress | None,
+    encoding: str,
+    limit: int,
+    parts: list[bytes],
+    budget: BufferBudget,
+) -> None:
     size = 0
     async for chunk in chunks:
         if inflater is not None:
@@ -56,6 +168,7 @@ async def read_body(
         size += len(chunk)
         if size > limit:
             raise BodyTooLargeError(f"body is over the {limit} byte limit")
+        budget.take(len(chunk))
         parts.append(chunk)
 
     if inflater is not None:
@@ -66,7 +179,6 @@ async def read_body(
                 f"{encoding} body has data after the end of its compressed stream; "
                 "send one compressed stream"
             )
-    return b"".join(parts)
 
 
 def _inflate(inflater: zlib._Decompress, data: bytes, allowance: int) -> bytes:

@@ -15,6 +15,7 @@ import httpx
 from syncd import __version__, logs, queries
 from syncd import config as config_module
 from syncd.cli_deliveries import register as register_deliveries
+from syncd.cli_service import systemd_unit
 from syncd.errors import EXIT_CONFIG, ConfigError, StoreUnavailableError
 from syncd.polling import RunReport
 from syncd.runtime import Runtime
@@ -62,13 +63,32 @@ def _config_problems(exc: ConfigError) -> NoReturn:
 
 
 def _open(path: str | None) -> Runtime:
+    """Open the runtime of a command; it is closed when the command ends."""
     config = _load_config(path)
     try:
-        return Runtime.open(config)
+        runtime = Runtime.open(config)
     except ConfigError as exc:
         _config_problems(exc)
     except StoreUnavailableError as exc:
         _fail(str(exc))
+    context = click.get_current_context(silent=True)
+    if context is not None:
+        context.call_on_close(runtime.close)
+    return runtime
+
+
+def _dump_text(value: Any, indent: int | None = None) -> str:
+    """Return JSON with non-ASCII text as is, or escaped when it is not valid UTF-8.
+
+    A payload may hold an escaped lone surrogate (``\\ud800``), which has no
+    UTF-8 form; ASCII escapes print it unchanged in meaning.
+    """
+    text = json.dumps(value, indent=indent, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, indent=indent)
+    return text
 
 
 def _when(value: str | None, name: str) -> datetime | None:
@@ -89,9 +109,16 @@ def _when(value: str | None, name: str) -> datetime | None:
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     help="Lowest level of log records written to standard error.",
 )
-def main(log_level: str) -> None:
+@click.option(
+    "--log-format",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"]),
+    help="Log line format: text, or one JSON object per line.",
+)
+def main(log_level: str, log_format: str) -> None:
     """Keep one deduplicated log of provider events from webhooks and polling."""
-    logs.configure(log_level)
+    logs.configure(log_level, log_format)
 
 
 @main.command()
@@ -100,15 +127,20 @@ def run(config_path: str | None) -> None:
     """Run the daemon in the foreground until SIGTERM or SIGINT.
 
     Serves webhooks on [daemon] listen, polls providers without webhooks every
-    poll_interval, and reconciles the others every reconcile_interval.
+    poll_interval, and reconciles the others every reconcile_interval. Under
+    systemd socket activation (LISTEN_FDS) it serves the passed socket instead.
     """
     from syncd.daemon import Daemon
+    from syncd.systemd import listen_sockets
 
     runtime = _open(config_path)
     warning = config_module.warn_if_world_readable(runtime.config)
     if warning:
         click.echo(f"warning: {warning}", err=True)
-    Daemon(runtime).run()
+    sockets = listen_sockets()
+    if len(sockets) > 1:
+        _fail(f"systemd passed {len(sockets)} sockets; syncd serves exactly one")
+    Daemon(runtime, sock=sockets[0] if sockets else None).run()
 
 
 @main.command()
@@ -158,6 +190,11 @@ def reconcile(
             2,
         )
     start, end = _when(since, "--since"), _when(until, "--until")
+    if start is not None and end is not None and start >= end:
+        raise click.BadParameter(
+            f"--since {since} is not before --until {until}; swap them",
+            param_hint="--since",
+        )
     reports = []
     with httpx.Client(headers={"User-Agent": f"syncd/{__version__}"}) as client:
         for name in providers or tuple(runtime.connectors):
@@ -280,11 +317,7 @@ def events_list(config_path, providers, types, sources, after, limit, as_json):
         limit=limit,
     )
     if as_json:
-        click.echo(
-            json.dumps(
-                [queries.event_to_json(e) for e in rows], indent=2, ensure_ascii=False
-            )
-        )
+        click.echo(_dump_text([queries.event_to_json(e) for e in rows], indent=2))
         return
     for event in rows:
         click.echo(
@@ -305,9 +338,7 @@ def events_show(config_path: str | None, ref: str, provider: str | None) -> None
     if not found:
         _fail(f"no log entry with offset or key {ref!r}")
     for event in found:
-        click.echo(
-            json.dumps(queries.event_to_json(event), indent=2, ensure_ascii=False)
-        )
+        click.echo(_dump_text(queries.event_to_json(event), indent=2))
 
 
 @events.command("tail")
@@ -335,7 +366,7 @@ def events_tail(config_path, providers, types, sources, after, follow, interval)
             limit=1000,
         )
         for event in rows:
-            click.echo(json.dumps(queries.event_to_json(event), ensure_ascii=False))
+            click.echo(_dump_text(queries.event_to_json(event)))
             position = event.offset or position
         if not follow:
             return
@@ -397,6 +428,13 @@ def _print_provider_status(statuses: list[queries.ProviderStatus]) -> None:
             click.echo(
                 f"  GAP {gap['listing']}: {gap['since']} to {gap['until']}, "
                 f"{gap['reason']}"
+            )
+        if item.quarantined:
+            click.echo(f"  QUARANTINED items: {item.quarantined} (latest first)")
+        for entry in item.latest_quarantined:
+            click.echo(
+                f"    {entry['listing']}, last seen {entry['last_seen_at']} "
+                f"({entry['times_seen']}x): {entry['reason'][:160]}"
             )
 
 
@@ -468,6 +506,7 @@ def demo(count: int, drop: float, repeat: float, seed: int) -> None:
     sys.exit(0 if ok else 1)
 
 
+main.add_command(systemd_unit)
 register_deliveries(
     main,
     {"config": _config_option, "json": _json_option, "open": _open, "when": _when},

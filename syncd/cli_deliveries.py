@@ -115,17 +115,16 @@ def register(main: click.Group, options: dict) -> None:
 
         Events with no row for the sink yet (a sink added later) get one.
         """
-        runtime = open_runtime(config_path)
-        settings = runtime.config.sinks.get(sink)
-        if settings is None:
-            runtime.close()
-            raise click.BadParameter(
-                f"no sink {sink!r}; configured: "
-                f"{', '.join(sorted(runtime.config.sinks)) or 'none'}",
-                param_hint="--sink",
-            )
         start = when(since, "--since")
+        runtime = open_runtime(config_path)
         try:
+            settings = runtime.config.sinks.get(sink)
+            if settings is None:
+                raise click.BadParameter(
+                    f"no sink {sink!r}; configured: "
+                    f"{', '.join(sorted(runtime.config.sinks)) or 'none'}",
+                    param_hint="--sink",
+                )
             with runtime.store.session() as session:
                 count = outbox.replay(
                     session, route_of(settings), start, datetime.now(UTC)

@@ -20,6 +20,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from syncd import units
@@ -59,6 +60,40 @@ class DaemonConfig(BaseModel):
     listen: str = "127.0.0.1:8787"
     max_body: Size = 25 * 1000**2
     shutdown_timeout: Duration = timedelta(seconds=30)
+    read_timeout: Duration = timedelta(seconds=30)
+    max_connections: int = Field(default=200, ge=1, le=100_000)
+    max_header_size: Size = 16 * 1024
+    max_url_length: int = Field(default=4096, ge=256, le=1_000_000)
+    max_buffered: Size = 256 * 1000**2
+
+    @field_validator("read_timeout")
+    @classmethod
+    def _check_read_timeout(cls, value: timedelta) -> timedelta:
+        if value < timedelta(milliseconds=100):
+            raise ValueError(
+                f"{units.format_duration(value)} is too short for any client; "
+                "use at least '100ms' (the default is '30s')"
+            )
+        return value
+
+    @field_validator("max_header_size")
+    @classmethod
+    def _check_header_size(cls, value: int) -> int:
+        if value < 1024:
+            raise ValueError(
+                f"{value} bytes cannot fit a webhook's headers; use at least '1KiB'"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_buffered(self) -> DaemonConfig:
+        if self.max_buffered < self.max_body:
+            raise ValueError(
+                f"max_buffered: {self.max_buffered} bytes is less than max_body "
+                f"({self.max_body} bytes), so the largest webhooks would always "
+                "get 503; raise max_buffered"
+            )
+        return self
 
     @field_validator("database")
     @classmethod
@@ -133,6 +168,16 @@ class ProviderConfig(BaseModel):
                 "e.g. 'https://api.example.com'"
             )
         return value.rstrip("/")
+
+    @field_validator("poll_interval", "reconcile_interval", "reconcile_window")
+    @classmethod
+    def _check_interval(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=1):
+            raise ValueError(
+                f"{units.format_duration(value)} is too short; use at least '1s' "
+                "(a provider is not asked more than once a second)"
+            )
+        return value
 
     @field_validator("lookback")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import socket
@@ -12,9 +13,12 @@ import httpx
 import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from syncd import __version__
+from syncd import __version__, systemd
 from syncd.delivery import DeliveryWorker
+from syncd.errors import ProviderError, StoreUnavailableError
+from syncd.gauges import REFRESH_SECONDS, refresh_gauges
 from syncd.intake import IntakeState, create_app
+from syncd.limits import uvicorn_options
 from syncd.pacing import RateBudgets
 from syncd.reconcile import ProviderRunner
 from syncd.runtime import Runtime, policy_of, route_of
@@ -26,21 +30,48 @@ log = logging.getLogger(__name__)
 
 
 class _Server(uvicorn.Server):
-    """A uvicorn server that answers 503 as soon as it is asked to stop."""
+    """A uvicorn server that answers 503 as soon as it is asked to stop.
+
+    It tells systemd READY=1 once the socket listens (the store is opened and
+    its schema created before the server starts), pings the watchdog from its
+    own event loop, and sends STOPPING=1 on the first stop signal.
+    """
 
     def __init__(self, config: uvicorn.Config, state: IntakeState) -> None:
         super().__init__(config)
         self.intake_state = state
+        self._watchdog: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if not self.started:
+            return
+        listening = ", ".join(
+            _address(sock) for server in self.servers for sock in server.sockets
+        )
+        log.info("listening for webhooks on %s", listening)
+        systemd.notify("READY=1", systemd.status_line(f"serving on {listening}"))
+        interval = systemd.watchdog_interval()
+        if interval is not None:
+            self._watchdog = asyncio.create_task(systemd.ping_watchdog(interval))
 
     def handle_exit(self, sig: int, frame: object) -> None:
         # uvicorn's own handler re-raises the signal once serving ends, which
         # would kill the process before the scheduler and writer stop.
         if not self.intake_state.stopping:
             log.info("signal %d received; new webhooks now get 503", sig)
+            systemd.notify("STOPPING=1", systemd.status_line("stopping"))
         self.intake_state.stopping = True
         if self.should_exit and sig == signal.SIGINT:
             self.force_exit = True
         self.should_exit = True
+
+
+def _address(sock: socket.socket) -> str:
+    address = sock.getsockname()
+    if isinstance(address, tuple):
+        return f"{address[0]}:{address[1]}"
+    return str(address)
 
 
 class Daemon:
@@ -57,6 +88,7 @@ class Daemon:
         self.state = IntakeState(runtime=runtime, writer=self.writer)
         self.client = httpx.Client(headers={"User-Agent": f"syncd/{__version__}"})
         budgets = RateBudgets(runtime.clock)
+        self._stop_runs = threading.Event()
         self.runners = {
             name: ProviderRunner(
                 runtime.store,
@@ -65,6 +97,7 @@ class Daemon:
                 metrics=runtime.metrics,
                 clock=runtime.clock,
                 budgets=budgets,
+                sleep=self._wait_unless_stopping,
             )
             for name, connector in runtime.connectors.items()
         }
@@ -97,6 +130,7 @@ class Daemon:
                 log_config=None,
                 access_log=False,
                 timeout_graceful_shutdown=int(daemon.shutdown_timeout.total_seconds()),
+                **uvicorn_options(daemon),
             ),
             self.state,
         )
@@ -139,8 +173,20 @@ class Daemon:
         self._schedule_jobs()
         self.scheduler.start()
 
+    def _wait_unless_stopping(self, seconds: float) -> None:
+        """Wait between provider requests, but end the run at once on stop.
+
+        Without this a retry or rate-limit wait (up to max_retry_wait each)
+        would hold the stop past systemd's TimeoutStopSec.
+        """
+        if self._stop_runs.wait(seconds):
+            raise ProviderError(
+                "syncd is stopping; the next start continues from the cursor"
+            )
+
     def _stop_background(self) -> None:
         self.state.stopping = True
+        self._stop_runs.set()
         log.info("stopping scheduled runs (a running page finishes its commit)")
         self.scheduler.shutdown(wait=True)
         log.info("committing queued webhooks")
@@ -156,6 +202,10 @@ class Daemon:
     def _schedule_jobs(self) -> None:
         now = datetime.now(UTC)
         for name, runner in self.runners.items():
+            try:
+                runner.origin(datetime.fromtimestamp(self.runtime.clock(), UTC))
+            except StoreUnavailableError as exc:
+                log.warning("%s: first start time not recorded: %s", name, exc)
             settings = runner.connector.provider
             if settings.webhooks_enabled:
                 interval, job, kind = (
@@ -175,6 +225,22 @@ class Daemon:
                 name=f"{kind} {name}",
                 next_run_time=first,
             )
+        self.scheduler.add_job(
+            self._refresh_gauges,
+            "interval",
+            seconds=REFRESH_SECONDS,
+            id="metrics",
+            name="refresh metrics",
+            next_run_time=now,
+        )
+
+    def _refresh_gauges(self) -> None:
+        refresh_gauges(
+            self.runtime.store,
+            self.runtime.metrics,
+            self.runtime.config.sinks,
+            datetime.now(UTC),
+        )
 
     def _count_commit(self, provider: str, source: str, result: WriteResult) -> None:
         if result.new:
@@ -183,3 +249,8 @@ class Daemon:
             self.runtime.metrics.events_logged.labels(provider, source).inc(
                 len(result.new)
             )
+        if source == "webhook":
+            received = self.runtime.clock()
+            lag = self.runtime.metrics.webhook_lag.labels(provider)
+            for record in result.new:
+                lag.observe(max(0.0, received - record.occurred_at.timestamp()))

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from syncd.errors import StoreUnavailableError
+from syncd.leases import release_dead_leases
 from syncd.metrics import Metrics
 from syncd.models import Delivery
 from syncd.outbox import (
@@ -92,11 +93,18 @@ class DeliveryWorker:
         self.sink.close()
 
     def _run(self) -> None:
+        self._release_dead_leases()
         while not self._stopping.is_set():
             try:
                 handled = self.run_once()
             except StoreUnavailableError as exc:
                 self._report_outage(exc)
+                handled = 0
+            except Exception as exc:  # noqa: BLE001 - the thread must outlive any error
+                # E.g. sqlalchemy.exc.TimeoutError when the connection pool is
+                # exhausted, which is not a DBAPIError. Rows keep their leases
+                # and are claimed again when those run out.
+                self._report_outage(exc, unexpected=True)
                 handled = 0
             if handled == 0:
                 self._wake.wait(self.idle_wait)
@@ -219,12 +227,32 @@ class DeliveryWorker:
                 "sink %s: leases not released (%s); they expire", self.sink.name, exc
             )
 
-    def _report_outage(self, exc: Exception) -> None:
-        if not self._store_down:
+    def _release_dead_leases(self) -> None:
+        try:
+            release_dead_leases(self.store, self.sink.name)
+        except Exception as exc:  # noqa: BLE001 - e.g. a pool timeout; leases expire
+            # Any error here must not end the thread before its first claim.
+            log.warning(
+                "sink %s: leases of stopped processes not released (%s); they expire",
+                self.sink.name,
+                exc,
+            )
+
+    def _report_outage(self, exc: Exception, *, unexpected: bool = False) -> None:
+        """Log the first failed round of an outage; later ones stay quiet."""
+        if self._store_down:
+            return
+        if unexpected:
+            log.exception(
+                "sink %s: delivery round failed, retrying every %gs",
+                self.sink.name,
+                self.idle_wait,
+            )
+        else:
             log.error("sink %s: store unavailable, pausing: %s", self.sink.name, exc)
         self._store_down = True
 
     def _report_recovery(self) -> None:
         if self._store_down:
-            log.warning("sink %s: store available again", self.sink.name)
+            log.warning("sink %s: recovered, delivering again", self.sink.name)
         self._store_down = False

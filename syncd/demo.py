@@ -84,6 +84,8 @@ def _runtime(
                     "api_token": api_key,
                     "webhook_secret": webhook_secret,
                     "reconcile_interval": "1h",
+                    # The simulated history starts before the demo does.
+                    "start_from": "1d",
                 }
             },
         }
@@ -109,7 +111,8 @@ def _exercise(
             f"simulated provider emits {count} events; webhooks go to "
             f"http://127.0.0.1:{port}/webhooks/{PROVIDER}"
         )
-        emitted = simulator.emit_many(count, same_second_groups=max(1, count // 50))
+        groups = min(count // 3, max(1, count // 50))
+        emitted = simulator.emit_many(count, same_second_groups=groups)
         stats = simulator.deliver(
             f"http://127.0.0.1:{port}/webhooks/{PROVIDER}",
             emitted,

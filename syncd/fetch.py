@@ -63,6 +63,7 @@ class Fetcher:
         self.budget = budget or RateBudget(clock)
         self.requests = 0
         self.rate_limit_waits = 0
+        self.rate_limit_wait_seconds = 0.0
         settings = connector.provider
         self._wait_cap = settings.max_retry_wait.total_seconds()
         self._backoff = wait_exponential_jitter(initial=1, max=self._wait_cap)
@@ -130,8 +131,29 @@ class Fetcher:
         self._note_rate_limit(response)
         if response.status_code == 304 and validators:
             return response
+        self._check_long_retry_after(url, response)
         _raise_for_status(url, response, self.clock())
         return response
+
+    def _check_long_retry_after(self, url: str, response: httpx.Response) -> None:
+        """End the run when the server asks for a wait longer than a run may take.
+
+        Retrying sooner than ``Retry-After`` asks would be ignored or
+        penalised, so the wait is kept in the credential's budget instead and
+        the next run continues from the same cursor.
+        """
+        if response.status_code < 400:
+            return
+        asked = retry_after(response)
+        if asked is None or asked <= self._wait_cap:
+            return
+        self.budget.block_for(asked, f"Retry-After {asked:.0f}s")
+        raise RateLimitedError(
+            f"GET {url} answered {response.status_code} with Retry-After "
+            f"{asked:.0f}s, longer than max_retry_wait; the next run continues "
+            "from the same cursor",
+            retry_after=asked,
+        )
 
     def _wait_for_budget(self) -> None:
         wait = self.budget.wait_time()
@@ -150,6 +172,7 @@ class Fetcher:
             self.budget.reason,
             wait,
         )
+        self.rate_limit_wait_seconds += wait
         self.sleep(wait)
 
     def _note_rate_limit(self, response: httpx.Response) -> None:

@@ -2,8 +2,10 @@
 
 A webhook is answered 2xx only after its events are committed (a duplicate
 is answered 2xx too). Statuses: 401 bad signature or stale timestamp, 404
-unknown provider, 413 body over the limit, 400 unparseable body, 503 store
-unavailable or daemon stopping.
+unknown provider, 408 body slower than read_timeout, 413 body over the
+limit, 414 URL over max_url_length, 431 headers over max_header_size, 415
+a Content-Type or Content-Encoding other than JSON, 400 unparseable body,
+503 store unavailable, daemon stopping or max_connections reached.
 """
 
 from __future__ import annotations
@@ -14,23 +16,28 @@ from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from connectors.base import EventRecord, record_problem
-from syncd.bodies import read_body
+from connectors.base import Connector, EventRecord, record_problem
+from syncd.bodies import BufferBudget, check_content_type, read_body
 from syncd.errors import (
     PayloadError,
     StoreUnavailableError,
     TimestampError,
     WebhookError,
 )
+from syncd.limits import RequestLimits
 from syncd.runtime import Runtime
 from syncd.store import WriteResult
 from syncd.writer import BatchWriter
 
 log = logging.getLogger(__name__)
+
+BOM = b"\xef\xbb\xbf"
+SKEW_WARNING_INTERVAL = 3600.0  # seconds between clock-skew warnings per provider
 
 
 @dataclass
@@ -41,6 +48,12 @@ class IntakeState:
     writer: BatchWriter
     stopping: bool = False
     in_flight: set[asyncio.Task] = field(default_factory=set)
+    # Unix time of the last clock-skew warning, per provider.
+    skew_warned_at: dict[str, float] = field(default_factory=dict)
+    buffers: BufferBudget = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.buffers = BufferBudget(self.runtime.config.daemon.max_buffered)
 
 
 def create_app(state: IntakeState) -> Starlette:
@@ -61,7 +74,15 @@ def create_app(state: IntakeState) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
-    return Starlette(routes=routes)
+    daemon = state.runtime.config.daemon
+    middleware = [
+        Middleware(
+            RequestLimits,
+            max_url=daemon.max_url_length,
+            max_headers=daemon.max_header_size,
+        )
+    ]
+    return Starlette(routes=routes, middleware=middleware)
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -80,10 +101,38 @@ async def receive_webhook(state: IntakeState, request: Request) -> Response:
 
     metrics = runtime.metrics
     metrics.webhooks_received.labels(name).inc()
+    timeout = runtime.config.daemon.read_timeout.total_seconds()
     try:
-        body = await read_body(request.headers, request.stream(), _limit(state))
+        check_content_type(request.headers)
+        body = await read_body(
+            request.headers, request.stream(), _limit(state), timeout, state.buffers
+        )
+    except WebhookError as exc:
+        return _reject(state, name, exc)
+    except ClientDisconnect:
+        log.info("webhook for %s: the client disconnected before the body", name)
+        metrics.webhooks_rejected.labels(name, "disconnected").inc()
+        return _error(400, "the client disconnected before sending the whole body")
+    try:
+        return await _verify_and_store(state, name, connector, request, body)
+    finally:
+        state.buffers.release(len(body))
+
+
+async def _verify_and_store(
+    state: IntakeState,
+    name: str,
+    connector: Connector,
+    request: Request,
+    body: bytes,
+) -> Response:
+    runtime = state.runtime
+    metrics = runtime.metrics
+    try:
         connector.verify_webhook(request.headers, body, runtime.clock())
-        records = connector.parse_webhook(request.headers, body)
+        # The signature covers the bytes as sent; the stored JSON drops a
+        # UTF-8 byte order mark, which JSON readers reject.
+        records = connector.parse_webhook(request.headers, body.removeprefix(BOM))
         _check_records(records)
     except WebhookError as exc:
         return _reject(state, name, exc)
@@ -126,15 +175,32 @@ def _unknown_provider(state: IntakeState, name: str) -> Response:
 def _reject(state: IntakeState, name: str, exc: WebhookError) -> Response:
     reason = {
         401: "timestamp" if isinstance(exc, TimestampError) else "signature",
+        408: "timeout",
         413: "too_large",
+        503: "buffers_full",
         415: "encoding",
     }.get(exc.status, "payload")
     state.runtime.metrics.webhooks_rejected.labels(name, reason).inc()
     if isinstance(exc, TimestampError):
-        log.warning("webhook for %s rejected: %s", name, exc)
-    else:
-        log.info("webhook for %s rejected (%d): %s", name, exc.status, exc)
+        _warn_clock_skew(state, name, exc)
+    log.info("webhook for %s rejected (%d): %s", name, exc.status, exc)
     return _error(exc.status, str(exc))
+
+
+def _warn_clock_skew(state: IntakeState, name: str, exc: TimestampError) -> None:
+    """Log once per provider per hour that this host's clock may be skewed."""
+    now = state.runtime.clock()
+    last = state.skew_warned_at.get(name)
+    if last is not None and now - last < SKEW_WARNING_INTERVAL:
+        return
+    state.skew_warned_at[name] = now
+    log.warning(
+        "%s: webhook rejected: %s. If this repeats for every webhook, this "
+        "host's clock may be skewed: check NTP (timedatectl status). This "
+        "warning repeats at most once an hour per provider",
+        name,
+        exc,
+    )
 
 
 def _stored(name: str, result: WriteResult, state: IntakeState) -> Response:

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+# Seconds from the provider's event time to receipt; webhooks retried by the
+# provider arrive minutes to hours late, so the buckets reach one day.
+LAG_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
 
 
 class Metrics:
@@ -62,6 +72,44 @@ class Metrics:
         self.sink_dead = Counter(
             "syncd_sink_dead",
             "Deliveries that exhausted their attempts, by sink",
+            ["sink"],
+            registry=self.registry,
+        )
+        self.webhook_lag = Histogram(
+            "syncd_webhook_lag_seconds",
+            "Seconds from the provider's event time to the commit of a new "
+            "webhook event",
+            ["provider"],
+            buckets=LAG_BUCKETS,
+            registry=self.registry,
+        )
+        self.cursor_lag = Gauge(
+            "syncd_cursor_lag_seconds",
+            "Seconds between now and a listing cursor's high-water mark",
+            ["provider", "listing"],
+            registry=self.registry,
+        )
+        self.rate_limit_waits = Counter(
+            "syncd_rate_limit_waits",
+            "Waits for a provider's rate limit before a request, by provider",
+            ["provider"],
+            registry=self.registry,
+        )
+        self.rate_limit_wait_seconds = Counter(
+            "syncd_rate_limit_wait_seconds",
+            "Seconds spent waiting for a provider's rate limit, by provider",
+            ["provider"],
+            registry=self.registry,
+        )
+        self.sink_backlog = Gauge(
+            "syncd_sink_backlog",
+            "Deliveries pending for each sink",
+            ["sink"],
+            registry=self.registry,
+        )
+        self.sink_dead_backlog = Gauge(
+            "syncd_sink_dead_deliveries",
+            "Deliveries in the dead state for each sink, waiting for a person",
             ["sink"],
             registry=self.registry,
         )

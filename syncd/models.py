@@ -148,6 +148,32 @@ class Gap(SQLModel, table=True):
     resolved_at: datetime | None = _time()
 
 
+class Quarantine(SQLModel, table=True):
+    """A listed item that its connector could not read, kept with the reason.
+
+    One row per distinct item text: a poll that lists the same bad item
+    again raises ``times_seen`` and ``last_seen_at`` instead of adding a row.
+    ``digest`` is the SHA-256 of ``item`` in hex.
+    """
+
+    __tablename__ = "quarantine"
+    __table_args__ = (
+        UniqueConstraint(
+            "provider", "listing", "digest", name="uq_quarantine_provider_item"
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    provider: str = Field(max_length=64)
+    listing: str = Field(max_length=128)
+    digest: str = Field(max_length=64)
+    item: str = Field(sa_column=Column(Text, nullable=False))
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    seen_at: datetime = _time(nullable=False)
+    last_seen_at: datetime = _time(nullable=False)
+    times_seen: int = 1
+
+
 class Delivery(SQLModel, table=True):
     """One event's delivery to one sink: the outbox row.
 

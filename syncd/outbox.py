@@ -28,7 +28,8 @@ from sqlalchemy.orm import Session, aliased
 from syncd.models import Delivery, Event
 from syncd.sinks.base import Outcome
 
-# What record_outcome returns for a failure it did not store.
+# Status returned by record_outcome for a failure that it did not store, because
+# the lease had passed to another worker.
 LEASE_LOST = "lease-lost"
 
 
@@ -56,7 +57,7 @@ class SinkRoute:
 class RetryPolicy:
     """When a failed delivery is tried again, and when it is given up."""
 
-    max_attempts: int = 12
+    max_attempts: int = 40
     max_age: timedelta = timedelta(days=3)
     initial_wait: float = 1.0
     max_wait: float = 3600.0
@@ -133,20 +134,12 @@ def claim(
         select(table.id)
         .where(table.sink == sink, table.status == "pending")
         .where(table.next_attempt_at <= now)
-        .where(table.lease_until.is_(None))
+        .where(or_(table.lease_until.is_(None), table.lease_until < now))
         .order_by(table.event_offset)
         .limit(limit)
     )
     if ordered:
-        earlier = aliased(Delivery)
-        candidates = candidates.where(
-            ~exists().where(
-                earlier.sink == table.sink,
-                earlier.resource == table.resource,
-                earlier.status == "pending",
-                earlier.event_offset < table.event_offset,
-            )
-        )
+        candidates = _first_of_each_resource(candidates, table)
     if session.get_bind().dialect.name == "postgresql":
         candidates = candidates.with_for_update(skip_locked=True, of=Delivery)
     ids = list(session.execute(candidates).scalars())
@@ -161,6 +154,33 @@ def claim(
         .returning(table.id)
     )
     return sorted(claimed.scalars())
+
+
+def _first_of_each_resource(candidates: Any, table: Any) -> Any:
+    """Keep only rows with no earlier pending row of the same sink and resource.
+
+    Earlier means older provider time, then lower offset. A listing that
+    returns newest first logs a resource's events in reverse, so log order
+    alone would deliver them newest first.
+    """
+    mine = aliased(Event)
+    earlier = aliased(Delivery)
+    earlier_event = aliased(Event)
+    return candidates.join(mine, mine.offset == table.event_offset).where(
+        ~exists().where(
+            earlier.sink == table.sink,
+            earlier.resource == table.resource,
+            earlier.status == "pending",
+            earlier_event.offset == earlier.event_offset,
+            or_(
+                earlier_event.occurred_at < mine.occurred_at,
+                and_(
+                    earlier_event.occurred_at == mine.occurred_at,
+                    earlier.event_offset < table.event_offset,
+                ),
+            ),
+        )
+    )
 
 
 def load_for_delivery(
@@ -350,8 +370,8 @@ def replay(session: Session, route: SinkRoute, since: datetime, now: datetime) -
     matching = [e for e in events if route.matches(e.provider, e.type)]
     if not matching:
         return 0
-    # One range query and updates by primary key: long IN lists exceed the
-    # bound parameter limits of SQLite and psycopg, and are slow to match.
+    # One range query and updates by primary key, because long IN lists are
+    # slow to match and can exceed the databases' limits on bound parameters.
     existing = dict(
         session.execute(
             select(Delivery.event_offset, Delivery.id).where(

@@ -13,9 +13,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy.orm import Session
@@ -25,6 +27,7 @@ from syncd.errors import ResponseError
 from syncd.fetch import Fetcher
 from syncd.gaps import GapNotice
 from syncd.pacing import server_poll_interval
+from syncd.quarantine import quarantine_items
 from syncd.store import Store, WriteResult, load_cursor, record_events, save_cursor
 from syncd.units import format_duration, parse_time, to_utc_iso
 
@@ -60,6 +63,7 @@ class RunReport:
     not_modified: bool = False
     skipped: bool = False
     gaps: list[GapNotice] = field(default_factory=list)
+    quarantined: int = 0
 
     @property
     def ok(self) -> bool:
@@ -111,38 +115,121 @@ def run_listing(
     request = start or connector.first_request(listing, report.window)
     first: httpx.Response | None = None
     seen: set[PageRequest] = set()
-    while request is not None:
-        if request in seen:
-            raise ResponseError(
-                f"the next page of {listing} is one already read in this run "
-                f"({request.url}); the provider's pagination loops"
+    prefetched: Future[httpx.Response] | None = None
+    # One worker fetches the next page while this thread stores the current
+    # one. The next page's request is known once the current page is parsed,
+    # and nothing is committed before its own page's transaction, so a crash
+    # still re-reads at most one page. After a failure, a fetch still in
+    # flight finishes in the background and its response is dropped.
+    pool = ThreadPoolExecutor(1, thread_name_prefix="syncd-prefetch")
+    try:
+        while request is not None:
+            if request in seen:
+                raise ResponseError(
+                    f"the next page of {listing} is one already read in this run "
+                    f"({request.url}); the provider's pagination loops"
+                )
+            seen.add(request)
+            if prefetched is None:
+                response = fetcher.fetch(request, validators if first is None else None)
+            else:
+                response = prefetched.result()
+            first = first or response
+            if response.status_code == 304:
+                report.not_modified = True
+                return first
+            page = _parse_page(connector, fetcher, listing, request, response)
+            prefetched = _prefetch(pool, fetcher, page, seen)
+            _store_page(
+                store, connector, listing, report, page, response, on_page, clock
             )
-        seen.add(request)
-        response = fetcher.fetch(request, validators if first is None else None)
-        first = first or response
-        if response.status_code == 304:
-            report.not_modified = True
-            return first
-        page = connector.parse_page(listing, request, response)
-        _check_records(page)
-        with store.session() as session:
-            result = record_events(
-                session, connector.provider.name, report.source, page.records, clock()
-            )
-            if on_page is not None:
-                on_page(session, page, response)
-        report.add(result, page.records)
-        report.notes.extend(page.notes)
-        _note_capped_feed(connector, listing, report, page)
-        request = page.next
+            request = page.next
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
     return first
 
 
-def _check_records(page: Page) -> None:
+def _prefetch(
+    pool: ThreadPoolExecutor, fetcher: Fetcher, page: Page, seen: set[PageRequest]
+) -> Future[httpx.Response] | None:
+    """Start fetching the page after ``page``, unless there is none or it loops."""
+    if page.next is None or page.next in seen:
+        return None
+    return pool.submit(fetcher.fetch, page.next)
+
+
+def _store_page(
+    store: Store,
+    connector: Connector,
+    listing: str,
+    report: RunReport,
+    page: Page,
+    response: httpx.Response,
+    on_page: PageHook | None,
+    clock: Callable[[], datetime],
+) -> None:
+    """Commit one page's events, quarantined items and progress, then count them."""
+    _set_aside_bad_records(page)
+    with store.session() as session:
+        seen_at = clock()
+        result = record_events(
+            session, connector.provider.name, report.source, page.records, seen_at
+        )
+        quarantine_items(
+            session, connector.provider.name, listing, page.rejected, seen_at
+        )
+        if on_page is not None:
+            on_page(session, page, response)
+    report.add(result, page.records)
+    _note_quarantined(connector, listing, report, page)
+    report.notes.extend(page.notes)
+    _note_capped_feed(connector, listing, report, page)
+
+
+def _parse_page(
+    connector: Connector,
+    fetcher: Fetcher,
+    listing: str,
+    request: PageRequest,
+    response: httpx.Response,
+) -> Page:
+    """Return the connector's page; a ResponseError names the listing and URL."""
+    try:
+        return connector.parse_page(listing, request, response)
+    except ResponseError as exc:
+        url = urlsplit(fetcher.url_of(request))._replace(query="").geturl()
+        raise ResponseError(
+            f"listing {listing}: GET {url} returned {response.status_code} with a "
+            f"body syncd cannot read: {exc}; the cursor stays where it was and "
+            "the next run retries"
+        ) from exc
+
+
+def _set_aside_bad_records(page: Page) -> None:
+    """Move records the log cannot store (see record_problem) to page.rejected."""
+    good = []
     for record in page.records:
         problem = record_problem(record)
-        if problem is not None:
-            raise ResponseError(problem)
+        if problem is None:
+            good.append(record)
+        else:
+            page.rejected.append((record.payload, problem))
+    page.records = good
+
+
+def _note_quarantined(
+    connector: Connector, listing: str, report: RunReport, page: Page
+) -> None:
+    if not page.rejected:
+        return
+    report.quarantined += len(page.rejected)
+    first_reason = page.rejected[0][1]
+    message = (
+        f"{len(page.rejected)} item(s) of {listing} could not be read and were "
+        f"quarantined (first: {first_reason[:200]})"
+    )
+    report.notes.append(message)
+    log.warning("%s: %s", connector.provider.name, message)
 
 
 def _note_capped_feed(

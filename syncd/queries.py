@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from syncd.gaps import open_gaps
 from syncd.models import Cursor, Delivery, Event, Run, SourceStats
 from syncd.outbox import idempotency_key
+from syncd.quarantine import quarantine_summary
 from syncd.store import Store
 from syncd.units import to_utc_iso
 
@@ -91,6 +92,8 @@ class ProviderStatus:
     cursors: dict[str, Any] = field(default_factory=dict)
     missed_webhooks_recovered: int = 0
     open_gaps: list[dict[str, Any]] = field(default_factory=list)
+    quarantined: int = 0
+    latest_quarantined: list[dict[str, Any]] = field(default_factory=list)
 
 
 def provider_status(store: Store, name: str, mode: str) -> ProviderStatus:
@@ -115,7 +118,8 @@ def provider_status(store: Store, name: str, mode: str) -> ProviderStatus:
         for cursor in session.execute(
             select(Cursor).where(Cursor.provider == name)
         ).scalars():
-            status.cursors[cursor.listing] = json.loads(cursor.state)
+            if not cursor.listing.startswith("@"):
+                status.cursors[cursor.listing] = json.loads(cursor.state)
     if mode != "polling":
         status.missed_webhooks_recovered = status.events_by_source.get("reconcile", 0)
     status.open_gaps = [
@@ -128,6 +132,7 @@ def provider_status(store: Store, name: str, mode: str) -> ProviderStatus:
         }
         for gap in open_gaps(store, name)
     ]
+    status.quarantined, status.latest_quarantined = quarantine_summary(store, name)
     return status
 
 

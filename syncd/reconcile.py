@@ -28,12 +28,13 @@ from syncd.metrics import Metrics
 from syncd.models import Event, Run
 from syncd.pacing import RateBudgets
 from syncd.polling import RunReport, clamp_to_retention, poll_listing, run_listing
-from syncd.store import Store
-from syncd.units import to_utc_iso
+from syncd.store import Store, load_cursor, save_cursor
+from syncd.units import parse_time, to_utc_iso
 
 log = logging.getLogger(__name__)
 
 KEEP_RUNS = 1000  # run records kept per provider and kind
+ORIGIN_LISTING = "@origin"  # cursor row that records a provider's first start
 
 
 class ProviderRunner:
@@ -155,7 +156,21 @@ class ProviderRunner:
             since = min(since, last_until - settings.lookback)
         elif settings.start_from != "now":
             since = min(since, settings.start_from)  # type: ignore[type-var]
+        else:
+            # "now" fetches no history from before the first start.
+            since = max(since, self.origin(now))
         return since
+
+    def origin(self, now: datetime) -> datetime:
+        """Return when syncd first ran for this provider, recording it if new."""
+        with self.store.session() as session:
+            state = load_cursor(session, self.name, ORIGIN_LISTING)
+            if state.get("origin"):
+                return parse_time(state["origin"])
+            save_cursor(
+                session, self.name, ORIGIN_LISTING, {"origin": to_utc_iso(now)}, now
+            )
+        return now
 
     def _last_reconciled_until(self) -> datetime | None:
         with self.store.session() as session:
@@ -214,6 +229,10 @@ class ProviderRunner:
         record_id = self._open_run(kind, trigger, started_at, window)
         empty = RunReport(self.name, kind, kind, window or Window(None, started_at))
         report = self._guarded(run, empty, fetcher)
+        self.metrics.rate_limit_waits.labels(self.name).inc(fetcher.rate_limit_waits)
+        self.metrics.rate_limit_wait_seconds.labels(self.name).inc(
+            fetcher.rate_limit_wait_seconds
+        )
         self._close_run(record_id, report)
         self._log_and_count(report)
         return report

@@ -19,7 +19,7 @@ from pydantic import (
 
 from syncd.units import Duration
 
-# The daemon leases a row for 20 timeouts; a longer timeout would keep the rows
+# The daemon leases a row for 20 timeouts. A longer timeout would keep the rows
 # of a crashed worker from other workers for more than 20 hours.
 MAX_TIMEOUT = timedelta(hours=1)
 
@@ -51,7 +51,7 @@ class SinkConfig(BaseModel):
     command: list[str] | None = None
     path: str | None = None
     timeout: Duration = timedelta(seconds=10)
-    max_attempts: int = Field(default=12, ge=1, le=1000)
+    max_attempts: int = Field(default=40, ge=1, le=1000)
     max_age: Duration = timedelta(days=3)
     ordering: Literal["resource", "none"] = "resource"
 

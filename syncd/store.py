@@ -7,6 +7,7 @@ one statement, so two concurrent deliveries of one event cannot both insert.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections import Counter
@@ -17,14 +18,24 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlmodel import SQLModel
 
 from connectors.base import EventRecord
-from syncd.errors import StoreUnavailableError
+from syncd.errors import ConfigError, StoreUnavailableError
 from syncd.models import Cursor, Event, SourceStats
 from syncd.outbox import SinkRoute, create_deliveries
 
@@ -115,9 +126,12 @@ def _check_sqlite_directory(url: str) -> None:
         return
     directory = Path(path).parent
     if not directory.is_dir():
-        raise StoreUnavailableError(
-            f"directory {str(directory)!r} of the SQLite database does not exist; "
-            "create it or change [daemon] database"
+        raise ConfigError(
+            [
+                f"daemon.database: directory {str(directory)!r} of the SQLite "
+                "database does not exist; create it (under systemd, "
+                "StateDirectory=syncd creates /var/lib/syncd) or change the path"
+            ]
         )
 
 
@@ -154,17 +168,18 @@ def record_events(
     if not unique:
         return result
 
-    _take_write_lock(session)
+    dialect = session.get_bind().dialect.name
+    _take_write_lock(session, dialect)
     rows = [_row(provider, source, record, seen_at) for record in unique.values()]
-    statement = _upsert(session, source).returning(
-        Event.key, Event.offset, Event.duplicates, sort_by_parameter_order=True
-    )
-    # Rows are matched by key, not by position: on PostgreSQL, SQLAlchemy
-    # orders the RETURNING rows of this upsert by offset, and a row that hit
-    # the conflict keeps its older, lower offset.
+    # Rows are matched by key, not by position, so the RETURNING rows may
+    # come in any order. Not asking SQLAlchemy for parameter order lets it
+    # send the batch as one multi-row INSERT instead of one per row.
+    connection = session.connection()
     returned = {
         key: (offset, duplicates)
-        for key, offset, duplicates in session.execute(statement, rows)
+        for key, offset, duplicates in connection.execute(
+            _upsert(dialect, source), rows
+        )
     }
     for record in unique.values():
         offset, duplicates = returned[record.key]
@@ -185,7 +200,9 @@ def record_events(
             seen_at,
         )
 
-    _count_arrivals(session, provider, source, len(records), result, seen_at)
+    _count_arrivals(
+        connection, dialect, provider, source, len(records), result, seen_at
+    )
     return result
 
 
@@ -223,8 +240,12 @@ def _row(provider: str, source: str, record: EventRecord, seen_at: datetime) -> 
     return row
 
 
-def _upsert(session: Session, source: str) -> Any:
-    dialect = session.get_bind().dialect.name
+@functools.cache
+def _upsert(dialect: str, source: str) -> Any:
+    """Build the insert-or-count statement once per dialect and source.
+
+    Reusing one statement object also reuses SQLAlchemy's cache key for it.
+    """
     module = postgresql if dialect == "postgresql" else sqlite
     table = Event.__table__
     statement = module.insert(table)
@@ -235,41 +256,57 @@ def _upsert(session: Session, source: str) -> Any:
             "duplicates": table.c.duplicates + 1,
             stream: func.coalesce(table.c[stream], statement.excluded[stream]),
         },
+    ).returning(table.c.key, table.c.offset, table.c.duplicates)
+
+
+@functools.cache
+def _write_lock(dialect: str) -> Any:
+    return select(func.pg_advisory_xact_lock(_WRITE_LOCK_ID))
+
+
+def _take_write_lock(session: Session, dialect: str) -> None:
+    if dialect == "postgresql":
+        session.execute(_write_lock(dialect))
+
+
+@functools.cache
+def _arrivals_upsert(dialect: str) -> Any:
+    module = postgresql if dialect == "postgresql" else sqlite
+    table = SourceStats.__table__
+    statement = module.insert(table).values(
+        provider=bindparam("provider"),
+        source=bindparam("source"),
+        received=bindparam("received"),
+        duplicates=bindparam("duplicates"),
+        last_at=bindparam("last_at", type_=table.c.last_at.type),
+    )
+    return statement.on_conflict_do_update(
+        index_elements=["provider", "source"],
+        set_={
+            "received": table.c.received + statement.excluded.received,
+            "duplicates": table.c.duplicates + statement.excluded.duplicates,
+            "last_at": statement.excluded.last_at,
+        },
     )
 
 
-def _take_write_lock(session: Session) -> None:
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(select(func.pg_advisory_xact_lock(_WRITE_LOCK_ID)))
-
-
 def _count_arrivals(
-    session: Session,
+    connection: Connection,
+    dialect: str,
     provider: str,
     source: str,
     received: int,
     result: WriteResult,
     seen_at: datetime,
 ) -> None:
-    dialect = session.get_bind().dialect.name
-    module = postgresql if dialect == "postgresql" else sqlite
-    table = SourceStats.__table__
-    statement = module.insert(table).values(
-        provider=provider,
-        source=source,
-        received=received,
-        duplicates=len(result.duplicates),
-        last_at=seen_at,
-    )
-    statement = statement.on_conflict_do_update(
-        index_elements=["provider", "source"],
-        set_={
-            "received": table.c.received + received,
-            "duplicates": table.c.duplicates + len(result.duplicates),
-            "last_at": seen_at,
-        },
-    )
-    session.execute(statement)
+    parameters = {
+        "provider": provider,
+        "source": source,
+        "received": received,
+        "duplicates": len(result.duplicates),
+        "last_at": seen_at,
+    }
+    connection.execute(_arrivals_upsert(dialect), parameters)
 
 
 def load_cursor(session: Session, provider: str, listing: str) -> dict[str, Any]:

@@ -16,6 +16,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from sqlalchemy.orm import Session
+
 from connectors.base import EventRecord
 from syncd.errors import StoreUnavailableError
 from syncd.store import Store, WriteResult, record_events
@@ -93,10 +95,7 @@ class BatchWriter:
         seen_at = self.clock()
         try:
             with self.store.session() as session:
-                results = [
-                    record_events(session, i.provider, i.source, i.records, seen_at)
-                    for i in batch
-                ]
+                results = _record_batch(session, batch, seen_at)
         except StoreUnavailableError as exc:
             self._report_outage(exc)
             for item in batch:
@@ -128,3 +127,44 @@ class BatchWriter:
         if self._store_down:
             log.warning("store available again")
         self._store_down = False
+
+
+def _record_batch(
+    session: Session, batch: list[_Item], seen_at: datetime
+) -> list[WriteResult]:
+    """Store a batch with one record_events call per provider and source.
+
+    One call per group sends one multi-row INSERT instead of one statement
+    per webhook. Its result is split back into one WriteResult per item. When
+    two items carry the same key, the first gets the event as ``new`` and the
+    second as a duplicate, as separate calls would return.
+    """
+    groups: dict[tuple[str, str], list[_Item]] = {}
+    for item in batch:
+        groups.setdefault((item.provider, item.source), []).append(item)
+    results: dict[int, WriteResult] = {}
+    for (provider, source), items in groups.items():
+        records = [record for item in items for record in item.records]
+        combined = record_events(session, provider, source, records, seen_at)
+        offsets = {
+            id(record): offset
+            for record, offset in zip(combined.new, combined.new_offsets, strict=True)
+        }
+        for item in items:
+            results[id(item)] = _split_result(item.records, offsets)
+    return [results[id(item)] for item in batch]
+
+
+def _split_result(
+    records: Sequence[EventRecord], new_offsets: dict[int, int]
+) -> WriteResult:
+    """Return one item's share of a combined result, taking its new offsets."""
+    result = WriteResult()
+    for record in records:
+        offset = new_offsets.pop(id(record), None)
+        if offset is None:
+            result.duplicates.append(record)
+        else:
+            result.new.append(record)
+            result.new_offsets.append(offset)
+    return result

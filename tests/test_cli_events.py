@@ -408,8 +408,8 @@ def test_status_hides_secrets(log: Log) -> None:
         assert WEBHOOK_SECRET not in result.output
 
 
-def test_store_unavailable_exits(tmp_path: Path) -> None:
-    """A database in a missing directory fails with the directory named."""
+def test_missing_database_directory_exits(tmp_path: Path) -> None:
+    """A database in a missing directory is a configuration error naming it."""
     missing = tmp_path / "missing"
     config = tmp_path / "config.toml"
     config.write_text(
@@ -418,7 +418,7 @@ def test_store_unavailable_exits(tmp_path: Path) -> None:
 
     result = invoke("events", "list", "-c", str(config))
 
-    assert result.exit_code == 1
+    assert result.exit_code == 78
     assert str(missing) in result.stderr
 
 
@@ -452,3 +452,22 @@ def test_command_help(path: str) -> None:
 
     assert result.exit_code == 0, result.output
     assert f"Usage: syncd {path}" in result.stdout
+
+
+def test_lone_surrogate_payload_printed(tmp_path: Path) -> None:
+    """A payload with an escaped lone surrogate prints as valid JSON."""
+    config = write_config(tmp_path)
+    store = Store(f"sqlite:///{tmp_path / 'syncd.db'}")
+    record = make_record("evt_s", "invoice.paid", '{"note": "\\ud800"}')
+    with store.session() as session:
+        record_events(session, "payments", "webhook", [record], T0)
+    store.dispose()
+
+    listed = invoke("events", "list", "-c", str(config), "--json")
+    shown = invoke("events", "show", "evt_s", "-c", str(config))
+    tailed = invoke("events", "tail", "-c", str(config))
+
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.stdout)[0]["payload"]["note"] == "\ud800"
+    assert shown.exit_code == 0, shown.output
+    assert tailed.exit_code == 0, tailed.output

@@ -315,6 +315,14 @@ def test_webhook_payload_exact(intake: Intake, store: Store) -> None:
     assert "Zoë" in payload
 
 
+def test_webhook_bom_stored_as_json(intake: Intake, store: Store) -> None:
+    """A body with a UTF-8 byte order mark is verified as sent, stored without it."""
+    body = b"\xef\xbb\xbf" + event_body()
+    assert post(intake.client, body).status_code == 200
+    payload = read_log(store.url)[0].payload
+    assert json.loads(payload)["id"] == "evt_3"
+
+
 def test_webhook_response_waits_commit(store: Store, clock: FakeClock) -> None:
     """The 200 is sent only after the writer has committed the event."""
     order: list[str] = []

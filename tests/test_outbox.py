@@ -235,3 +235,13 @@ def test_idempotency_key_stable():
     """The idempotency key depends only on provider and dedup key."""
     assert idempotency_key("payments", "evt_3") == idempotency_key("payments", "evt_3")
     assert idempotency_key("payments", "evt_3") != idempotency_key("other", "evt_3")
+
+
+def test_resource_order_follows_provider_time(store):
+    """Events of one resource logged newest first are claimed oldest first."""
+    log_events(store, [("evt_new", "customer.updated", "customer:cus_1", 60),
+                       ("evt_old", "customer.created", "customer:cus_1", 0)])
+    first = claim_ids(store, "w")
+    with store.session() as session:
+        keys = [load_for_delivery(session, i)[1].key for i in first]
+    assert keys == ["evt_old"]

@@ -339,3 +339,19 @@ def test_cursor_state_is_json(runner_factory):
         respx.get(f"{BASE}/v1/events").mock(return_value=page(event(1, T0 - 5)))
         runner.poll()
     assert json.loads(json.dumps(cursor_state(runner)))["high_water"]
+
+
+@respx.mock
+def test_long_retry_after_ends_run(runner_factory, clock):
+    """A Retry-After longer than max_retry_wait ends the run without retrying."""
+    route = respx.get(f"{BASE}/v1/events").mock(
+        return_value=httpx.Response(429, headers={"Retry-After": "600"})
+    )
+    runner = runner_factory(max_retry_wait="1m")
+
+    report = runner.poll()[0]
+
+    assert not report.ok
+    assert "Retry-After 600s" in report.error
+    assert route.call_count == 1
+    assert runner.sleeps == []

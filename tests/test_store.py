@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from connectors.base import EventRecord
-from syncd.errors import StoreUnavailableError
+from syncd.errors import ConfigError, StoreUnavailableError
 from syncd.models import Event, SourceStats
 from syncd.store import Store, WriteResult, load_cursor, record_events, save_cursor
 
@@ -506,10 +506,10 @@ def test_unreachable_postgres_session_raises() -> None:
 
 
 def test_sqlite_missing_directory_raises(tmp_path: Path) -> None:
-    """An SQLite path in a missing directory raises and names the directory."""
+    """An SQLite path in a missing directory is a configuration error naming it."""
     missing = tmp_path / "missing"
 
-    with pytest.raises(StoreUnavailableError) as caught:
+    with pytest.raises(ConfigError) as caught:
         Store(f"sqlite:///{missing / 'syncd.db'}")
 
     message = str(caught.value)

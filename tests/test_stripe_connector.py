@@ -28,8 +28,7 @@ DEFAULT_VERIFY = {"now": 1533204720, "tolerance_s": 300}
 T0 = 1714557600  # 2024-05-01T10:00:00Z
 RAW_SECRET = "whsec_test_stripe_123"
 RAW_BODY = (
-    '{\n  "id": "evt_1Test",\n  "object": "event",\n'
-    '  "data": {"name": "Zoë"}\n}\n'
+    '{\n  "id": "evt_1Test",\n  "object": "event",\n  "data": {"name": "Zoë"}\n}\n'
 ).encode()
 RAW_SIGNATURE = "a7abbd1a420ad91950a185fa44fe4ced9bce1e3748311942cf63a9e4cc557468"
 LOOPBACK_API = "http://127.0.0.1:9"
@@ -265,6 +264,19 @@ def test_tolerance_outside_rejected(offset: int) -> None:
     assert "outside the 300s tolerance" in str(caught.value)
 
 
+def test_tolerance_message_direction() -> None:
+    """The timestamp error says whether the timestamp is behind or ahead."""
+    old = signed_headers(RAW_BODY, T0 - 400)
+    new = signed_headers(RAW_BODY, T0 + 400)
+    connector = make_connector(tolerance="300s")
+    with pytest.raises(TimestampError) as behind:
+        connector.verify_webhook(old, RAW_BODY, T0)
+    with pytest.raises(TimestampError) as ahead:
+        connector.verify_webhook(new, RAW_BODY, T0)
+    assert "400s behind this host's clock" in str(behind.value)
+    assert "400s ahead of this host's clock" in str(ahead.value)
+
+
 def test_tolerance_message_not_signature() -> None:
     """A stale timestamp is not reported as a bad signature."""
     headers = signed_headers(RAW_BODY, T0 - 301)
@@ -332,6 +344,7 @@ def test_parse_webhook_deep_nesting() -> None:
     with pytest.raises(PayloadError):
         make_connector().parse_webhook({}, body)
 
+
 def test_parse_webhook_json_array() -> None:
     """A JSON array raises PayloadError asking for an event object."""
     body = json.dumps([stripe_event()]).encode()
@@ -352,8 +365,14 @@ def test_parse_webhook_missing_field(field: str) -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("id", 3), ("id", ""), ("type", None), ("created", "1714557600"),
-     ("created", 1714557600.5), ("created", True)],
+    [
+        ("id", 3),
+        ("id", ""),
+        ("type", None),
+        ("created", "1714557600"),
+        ("created", 1714557600.5),
+        ("created", True),
+    ],
 )
 def test_parse_webhook_wrong_field_type(field: str, value: Any) -> None:
     """An event whose id, type or created has the wrong type raises PayloadError."""
@@ -488,6 +507,7 @@ def test_parse_page_deep_nesting() -> None:
     with pytest.raises(ResponseError):
         make_connector().parse_page("events", first_page_request(), list_response(body))
 
+
 @pytest.mark.parametrize(
     "envelope",
     [
@@ -506,15 +526,18 @@ def test_parse_page_bad_envelope(envelope: Any) -> None:
 
 
 def test_parse_page_invalid_item() -> None:
-    """A listed item without an id raises ResponseError naming the field."""
+    """A listed item without an id is set aside with a reason naming the field."""
     item = stripe_event()
     del item["id"]
     body = json.dumps(
         {"object": "list", "data": [item], "has_more": False, "url": "/v1/events"}
     ).encode()
-    with pytest.raises(ResponseError) as caught:
-        make_connector().parse_page("events", first_page_request(), list_response(body))
-    assert "'id'" in str(caught.value)
+    page = make_connector().parse_page(
+        "events", first_page_request(), list_response(body)
+    )
+    assert page.records == []
+    assert len(page.rejected) == 1
+    assert "'id'" in page.rejected[0][1]
 
 
 def test_parse_page_odd_data_item() -> None:

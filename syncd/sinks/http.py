@@ -4,7 +4,7 @@ Headers: ``webhook-id`` (the idempotency key, the same on every attempt),
 ``webhook-timestamp`` (Unix seconds of this attempt) and ``webhook-signature``
 (``v1,`` + base64 HMAC-SHA256 of ``id.timestamp.body`` under the base64 key
 after ``whsec_``), so any Standard Webhooks library verifies it. A 2xx
-answer means delivered; the response body is not read.
+response means delivered, and the response body is not read.
 """
 
 from __future__ import annotations

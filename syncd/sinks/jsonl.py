@@ -60,12 +60,12 @@ class JsonlSink(Sink):
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    """Write all of ``data``; os.write may write less, e.g. at a file size limit."""
+    """Write all of ``data``, because os.write may write less (at a file size limit)."""
     view = memoryview(data)
     while view:
         written = os.write(fd, view)
         if written == 0:
-            raise OSError(errno.EIO, "write wrote no bytes")
+            raise OSError(errno.EIO, "os.write wrote 0 bytes")
         view = view[written:]
 
 

@@ -83,7 +83,7 @@ def test_standard_vector_invalid(vector: dict[str, Any]) -> None:
 )
 def test_standard_stale_message(vector: dict[str, Any]) -> None:
     """A stale timestamp's error message states it is outside the tolerance."""
-    with pytest.raises(TimestampError, match="outside the tolerance"):
+    with pytest.raises(TimestampError, match=r"outside the \d+s tolerance"):
         verify_vector(vector)
 
 
@@ -130,7 +130,7 @@ def test_standard_tolerance_inside(offset: int) -> None:
 def test_standard_tolerance_outside(offset: int) -> None:
     """Timestamps 301 s away with a 300 s tolerance raise TimestampError."""
     verifier = StandardWebhooksVerifier(EXAMPLE_SECRET, 300)
-    with pytest.raises(TimestampError, match="outside the tolerance"):
+    with pytest.raises(TimestampError, match=r"outside the \d+s tolerance"):
         verifier.verify(EXAMPLE_HEADERS, EXAMPLE_BODY, T0 - offset)
 
 
@@ -241,7 +241,7 @@ def test_hmac_timestamp_template() -> None:
 
 def test_hmac_timestamp_stale() -> None:
     """An authentic digest with a stale timestamp raises TimestampError."""
-    with pytest.raises(TimestampError, match="outside the tolerance"):
+    with pytest.raises(TimestampError, match=r"outside the \d+s tolerance"):
         timestamped_verifier().verify(slack_style(T0), HMAC_BODY, T0 + 301)
 
 

@@ -37,6 +37,7 @@ def make_config(
         "api_base_url": base_url,
         "api_token": API_KEY,
         "max_retry_wait": "1s",
+        "start_from": "2024-05-01T09:00:00Z",
         **provider,
     }
     if webhooks:
