@@ -135,8 +135,8 @@ class Page:
     the quarantine table and goes on with the listing, so one malformed item
     neither blocks the cursor nor disappears.
 
-    NOTE: only the Stripe connector fills ``rejected`` so far. The others
-    still raise ResponseError for an unreadable item, which fails the page.
+    Every built-in connector fills it through
+    :func:`connectors.parsing.read_items`.
     """
 
     records: list[EventRecord]

@@ -91,7 +91,7 @@ from connectors.base import (
     dump_json,
     parse_json_body,
 )
-from connectors.parsing import parse_time, version_text
+from connectors.parsing import parse_time, read_items, version_text
 from connectors.signing import hmac_sha256, matches_any
 from syncd.errors import PayloadError, ResponseError, SignatureError
 
@@ -238,17 +238,19 @@ class GitHubConnector(Connector):
     ) -> Page:
         kind, repository = _split_listing(listing)
         items = _json_array(response)
-        try:
-            records = [_listed_record(kind, item, repository) for item in items]
-        except ValueError as exc:
-            raise ResponseError(f"invalid item in the {kind} listing: {exc}") from None
+        records, rejected = read_items(
+            items, lambda item: _listed_record(kind, item, repository)
+        )
         kept = [record for record in records if record is not None]
 
         next_url = response.links.get("next", {}).get("url")
         next_request = None if next_url is None else link_request(next_url)
         if kind == "pulls":
-            return _pulls_page(kept, request, next_request)
-        return Page(records=kept, next=next_request)
+            page = _pulls_page(kept, request, next_request)
+        else:
+            page = Page(records=kept, next=next_request)
+        page.rejected.extend(rejected)
+        return page
 
 
 def link_request(url: str) -> PageRequest:

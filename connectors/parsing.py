@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from syncd.errors import ResponseError
+
+T = TypeVar("T")
 
 
 def json_object(response: httpx.Response) -> dict[str, Any]:
@@ -49,3 +53,33 @@ def version_text(moment: datetime) -> str:
     elif utc.microsecond:
         text += f".{utc.microsecond // 1000:03d}"
     return text + "Z"
+
+
+def read_items(
+    items: list[Any], build: Callable[[Any], T]
+) -> tuple[list[T], list[tuple[str, str]]]:
+    """Build a record from each listed item, setting aside the unreadable ones.
+
+    Returns the records and, for each item whose ``build`` raised ValueError,
+    its JSON text and the reason, for ``Page.rejected``.
+    """
+    records: list[T] = []
+    rejected: list[tuple[str, str]] = []
+    for index, item in enumerate(items):
+        try:
+            records.append(build(item))
+        except (ValueError, RecursionError) as exc:
+            rejected.append((item_text(item), f"item {index}: {exc}"))
+    return records, rejected
+
+
+def item_text(item: Any) -> str:
+    """Return a listed item as JSON text for quarantine, or its repr if not JSON."""
+    try:
+        return json.dumps(item, ensure_ascii=False)
+    except (ValueError, RecursionError):
+        pass
+    try:
+        return repr(item)[:10_000]
+    except RecursionError:
+        return "(an item nested too deeply to show)"

@@ -56,6 +56,7 @@ from connectors.base import (
     dump_json,
 )
 from connectors.base import parse_json_body as _parse_json_body
+from connectors.parsing import read_items
 from connectors.verifiers import Verifier, WebhookOptions
 from syncd.errors import ConfigError, PayloadError, ResponseError, SignatureError
 from syncd.units import to_utc_iso
@@ -295,14 +296,11 @@ class RestListing:
         """Turn one response into events and the request for the next page."""
         body = response_json(response)
         items = self._items(body, response)
-        records = []
-        for index, item in enumerate(items):
-            try:
-                records.append(self.record(item, dump_json(item)))
-            except ValueError as exc:
-                where = _describe_url(response)
-                raise ResponseError(f"item {index} from {where}: {exc}") from None
-        return Page(records=records, next=self._next(request, response, body, items))
+        records, rejected = read_items(
+            items, lambda item: self.record(item, dump_json(item))
+        )
+        next_request = self._next(request, response, body, items)
+        return Page(records=records, next=next_request, rejected=rejected)
 
     def _items(self, body: Any, response: httpx.Response) -> list[Any]:
         path = self.options.items

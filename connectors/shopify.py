@@ -72,7 +72,7 @@ from connectors.base import (
     dump_json,
     parse_json_body,
 )
-from connectors.parsing import json_object, parse_time, version_text
+from connectors.parsing import json_object, parse_time, read_items, version_text
 from connectors.signing import hmac_sha256, matches_any
 from syncd.errors import ConfigError, PayloadError, ResponseError, SignatureError
 
@@ -249,15 +249,11 @@ class ShopifyConnector(Connector):
         items = json_object(response).get(listing)
         if not isinstance(items, list):
             raise ResponseError(f"expected a JSON object with a {listing!r} array")
-        try:
-            records = [listed_record(listing, item) for item in items]
-        except ValueError as exc:
-            raise ResponseError(f"invalid item in {listing!r}: {exc}") from None
+        records, rejected = read_items(items, lambda item: listed_record(listing, item))
 
         next_url = response.links.get("next", {}).get("url")
-        if next_url is None:
-            return Page(records=records, next=None)
-        return Page(records=records, next=link_request(next_url))
+        next_request = None if next_url is None else link_request(next_url)
+        return Page(records=records, next=next_request, rejected=rejected)
 
 
 def link_request(url: str) -> PageRequest:

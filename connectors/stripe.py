@@ -29,7 +29,7 @@ from connectors.base import (
     dump_json,
     parse_json_body,
 )
-from connectors.parsing import json_object
+from connectors.parsing import item_text, json_object
 from connectors.signing import hmac_sha256, matches_any
 from connectors.verifiers import check_tolerance
 from syncd.errors import PayloadError, ResponseError, SignatureError
@@ -110,7 +110,7 @@ class StripeConnector(Connector):
             try:
                 page.records.append(self.event_record(item, dump_json(item)))
             except (ValueError, RecursionError) as exc:
-                page.rejected.append((_item_text(item), f"invalid event: {exc}"))
+                page.rejected.append((item_text(item), f"invalid event: {exc}"))
 
         if not has_more:
             return page
@@ -196,17 +196,6 @@ def _last_id(data: list[Any]) -> str | None:
         if isinstance(event_id, str) and event_id:
             return event_id
     return None
-
-
-def _item_text(item: Any) -> str:
-    try:
-        return dump_json(item)
-    except (ValueError, RecursionError):
-        pass
-    try:
-        return repr(item)[:10_000]
-    except RecursionError:
-        return "(an item nested too deeply to show)"
 
 
 def _raise_for_error_object(body: dict[str, Any]) -> None:

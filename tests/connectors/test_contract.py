@@ -44,6 +44,7 @@ class Case:
     headers: dict[str, str]
     listing: str
     page: bytes
+    bad_page: bytes = b""
 
     def connector(self) -> Connector:
         parsed = config.parse({"providers": {"contract": self.table}})
@@ -73,6 +74,7 @@ def stripe_case() -> Case:
         {"stripe-signature": f"t={T0},v1={signature}"},
         "events",
         page,
+        json.dumps(dict(json.loads(page), data=[{"object": "event"}, event])).encode(),
     )
 
 
@@ -97,6 +99,7 @@ def github_case() -> Case:
         },
         "issues:codertocat/hello-world",
         json.dumps([issue]).encode(),
+        json.dumps([{"number": "x"}, issue]).encode(),
     )
 
 
@@ -125,6 +128,7 @@ def shopify_case() -> Case:
         },
         "orders",
         json.dumps({"orders": [order]}).encode(),
+        json.dumps({"orders": [{"id": "x"}, order]}).encode(),
     )
 
 
@@ -168,6 +172,7 @@ def standard_case() -> Case:
         _standard_headers(body),
         "events",
         json.dumps({"data": [ORDER]}).encode(),
+        json.dumps({"data": [{"type": "x"}, ORDER]}).encode(),
     )
 
 
@@ -189,6 +194,7 @@ def rest_case() -> Case:
         _standard_headers(body),
         "events",
         json.dumps({"data": [ORDER]}).encode(),
+        json.dumps({"data": [{"type": "x"}, ORDER]}).encode(),
     )
 
 
@@ -286,3 +292,15 @@ def test_first_request_stays_on_api_base_url(case):
     for listing in connector.listings():
         request = connector.first_request(listing, Window(since=None, until=None))
         assert request.url.startswith("/") or request.url.startswith(API)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_bad_item_set_aside(case):
+    """An unreadable item is set aside with a reason; the rest of the page stays."""
+    connector = case.connector()
+    request = connector.first_request(case.listing, Window(since=None, until=None))
+    page = connector.parse_page(case.listing, request, _response(case, case.bad_page))
+    good = _listed(case, connector, case.page)
+    assert [r.key for r in page.records] == [r.key for r in good]
+    assert len(page.rejected) == 1
+    assert page.rejected[0][1]

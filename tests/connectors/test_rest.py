@@ -506,12 +506,14 @@ def test_items_not_array_raises() -> None:
         connector.parse_page("events", PageRequest("/v1/items"), response({"data": 3}))
 
 
-def test_item_without_id_raises() -> None:
-    """An item without its id field raises ResponseError naming the field."""
+def test_item_without_id_set_aside() -> None:
+    """An item without its id field is set aside with the reason; others stay."""
     connector = make_connector()
-    body = {"data": [{"updated_at": iso(T0)}]}
-    with pytest.raises(ResponseError, match="item 0 .* no string or integer 'id'"):
-        connector.parse_page("events", PageRequest("/v1/items"), response(body))
+    body = {"data": [{"updated_at": iso(T0)}, {"id": "t_2", "updated_at": iso(T0)}]}
+    page = connector.parse_page("events", PageRequest("/v1/items"), response(body))
+    assert [record.key for record in page.records] == ["t_2"]
+    assert len(page.rejected) == 1
+    assert "no string or integer 'id'" in page.rejected[0][1]
 
 
 # Records and keys
