@@ -161,14 +161,19 @@ def _limit(state: IntakeState) -> int:
 
 
 def _unknown_provider(state: IntakeState, name: str) -> Response:
+    # The configured names go to the log only: the caller is not authenticated.
     configured = [
         n for n, c in state.runtime.connectors.items() if c.provider.webhooks_enabled
     ]
-    log.info("webhook for unknown provider %r rejected", name[:64])
+    log.info(
+        "webhook for unknown provider %r rejected; configured: %s",
+        name[:64],
+        ", ".join(sorted(configured)) or "none",
+    )
     return _error(
         404,
-        f"no provider {name[:64]!r} receives webhooks here; "
-        f"configured: {', '.join(sorted(configured)) or 'none'}",
+        f"no provider {name[:64]!r} receives webhooks here; check the URL path "
+        "against the [providers.NAME] tables that have a webhook_secret",
     )
 
 

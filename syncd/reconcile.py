@@ -113,9 +113,12 @@ class ProviderRunner:
 
         def run() -> RunReport:
             report = RunReport(self.name, "reconcile", "reconcile", window)
-            if gap is not None and not dry_run:
+            if gap is not None:
+                # A window asked for by hand reports its cut in the output; only
+                # a scheduled run's cut is a gap in the log that status shows.
                 notice = GapNotice(",".join(listings), *gap)
-                record_gap(self.store, self.name, notice, now)
+                if not dry_run and trigger != "command":
+                    record_gap(self.store, self.name, notice, now)
                 report.notes.append(notice.describe())
             started = time.monotonic()
             for listing in listings:
