@@ -66,7 +66,7 @@ def systemd_unit(
     user: str | None,
     credentials: tuple[str, ...],
 ) -> None:
-    """Print a hardened systemd unit for ``syncd run`` on standard output.
+    """Print a hardened systemd unit for syncd run on standard output.
 
     Save it as /etc/systemd/system/syncd.service, then run
     'systemctl daemon-reload' and 'systemctl enable --now syncd'.

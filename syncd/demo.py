@@ -135,6 +135,7 @@ def _exercise(
         f"webhooks sent:               {stats.sent} ({stats.repeated} events sent "
         "more than once)",
         f"webhooks answered 2xx:       {stats.delivered}",
+        f"webhooks answered otherwise: {stats.failed}",
         f"webhooks dropped:            {stats.dropped}",
         f"reconcile listed:            {report.listed} in {report.requests} requests",
         f"recovered by reconcile:      {report.new}",
@@ -148,6 +149,8 @@ def _exercise(
     for line in lines:
         echo(line)
     ok = report.ok and not missing and not unexpected and twice == 0
+    # The daemon must accept every webhook the simulator signs correctly.
+    ok = ok and stats.failed == 0
     echo(
         "result: OK, nothing lost and nothing duplicated"
         if ok
