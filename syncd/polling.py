@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -115,47 +114,22 @@ def run_listing(
     request = start or connector.first_request(listing, report.window)
     first: httpx.Response | None = None
     seen: set[PageRequest] = set()
-    prefetched: Future[httpx.Response] | None = None
-    # One worker fetches the next page while this thread stores the current
-    # one. The next page's request is known once the current page is parsed,
-    # and nothing is committed before its own page's transaction, so a crash
-    # still re-reads at most one page. After a failure, a fetch still in
-    # flight finishes in the background and its response is dropped.
-    pool = ThreadPoolExecutor(1, thread_name_prefix="syncd-prefetch")
-    try:
-        while request is not None:
-            if request in seen:
-                raise ResponseError(
-                    f"the next page of {listing} is one already read in this run "
-                    f"({request.url}); the provider's pagination loops"
-                )
-            seen.add(request)
-            if prefetched is None:
-                response = fetcher.fetch(request, validators if first is None else None)
-            else:
-                response = prefetched.result()
-            first = first or response
-            if response.status_code == 304:
-                report.not_modified = True
-                return first
-            page = _parse_page(connector, fetcher, listing, request, response)
-            prefetched = _prefetch(pool, fetcher, page, seen)
-            _store_page(
-                store, connector, listing, report, page, response, on_page, clock
+    while request is not None:
+        if request in seen:
+            raise ResponseError(
+                f"the next page of {listing} is one already read in this run "
+                f"({request.url}); the provider's pagination loops"
             )
-            request = page.next
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        seen.add(request)
+        response = fetcher.fetch(request, validators if first is None else None)
+        first = first or response
+        if response.status_code == 304:
+            report.not_modified = True
+            return first
+        page = _parse_page(connector, fetcher, listing, request, response)
+        _store_page(store, connector, listing, report, page, response, on_page, clock)
+        request = page.next
     return first
-
-
-def _prefetch(
-    pool: ThreadPoolExecutor, fetcher: Fetcher, page: Page, seen: set[PageRequest]
-) -> Future[httpx.Response] | None:
-    """Start fetching the page after ``page``, unless there is none or it loops."""
-    if page.next is None or page.next in seen:
-        return None
-    return pool.submit(fetcher.fetch, page.next)
 
 
 def _store_page(
