@@ -35,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlmodel import SQLModel
 
 from syncd.models import Delivery, Event
@@ -391,6 +391,8 @@ def _check_empty(database: str) -> None:
 def _reset(database: str) -> None:
     store = Store(database, create=False)
     SQLModel.metadata.drop_all(store.engine)
+    with store.engine.begin() as connection:
+        connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
     store.dispose()
 
 

@@ -14,6 +14,7 @@ import httpx
 
 from syncd import __version__, logs, queries
 from syncd import config as config_module
+from syncd.cli_db import register as register_db
 from syncd.cli_deliveries import register as register_deliveries
 from syncd.cli_service import systemd_unit
 from syncd.errors import EXIT_CONFIG, ConfigError, StoreUnavailableError
@@ -507,6 +508,7 @@ def demo(count: int, drop: float, repeat: float, seed: int) -> None:
 
 
 main.add_command(systemd_unit)
+register_db(main, {"config": _config_option, "load": _load_config})
 register_deliveries(
     main,
     {"config": _config_option, "json": _json_option, "open": _open, "when": _when},

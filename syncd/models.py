@@ -206,6 +206,7 @@ class Delivery(SQLModel, table=True):
     status: str = Field(default="pending", max_length=16)
     attempts: int = 0
     created_at: datetime = _time(nullable=False)
+    first_queued_at: datetime | None = _time()
     next_attempt_at: datetime = _time(nullable=False)
     delivered_at: datetime | None = _time()
     lease_owner: str | None = Field(default=None, max_length=64)

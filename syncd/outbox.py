@@ -114,6 +114,7 @@ def _new_row(
         "status": "pending",
         "attempts": 0,
         "created_at": now,
+        "first_queued_at": now,
         "next_attempt_at": now,
     }
 

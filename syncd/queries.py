@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from syncd.gaps import open_gaps
-from syncd.models import Cursor, Delivery, Event, Run, SourceStats
+from syncd.models import Cursor, Delivery, Event, Run, SourceStats, UTCDateTime
 from syncd.outbox import idempotency_key
 from syncd.quarantine import quarantine_summary
 from syncd.store import Store
@@ -212,7 +212,14 @@ def sink_status(store: Store, name: str, kind: str, now: datetime) -> SinkStatus
     status = SinkStatus(name=name, kind=kind)
     with store.session() as session:
         counts = session.execute(
-            select(Delivery.status, func.count(), func.min(Delivery.created_at))
+            select(
+                Delivery.status,
+                func.count(),
+                func.min(
+                    func.coalesce(Delivery.first_queued_at, Delivery.created_at),
+                    type_=UTCDateTime(),
+                ),
+            )
             .where(Delivery.sink == name)
             .group_by(Delivery.status)
         ).all()

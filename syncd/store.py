@@ -32,7 +32,6 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
-from sqlmodel import SQLModel
 
 from connectors.base import EventRecord
 from syncd.errors import ConfigError, StoreUnavailableError
@@ -77,9 +76,18 @@ class Store:
         return self.engine.dialect.name
 
     def create_schema(self) -> None:
-        """Create missing tables; existing ones are left as they are."""
+        """Create or upgrade the schema to this version's newest revision."""
+        from alembic.util.exc import CommandError
+
+        from syncd.migrate import upgrade
+
         try:
-            SQLModel.metadata.create_all(self.engine)
+            upgrade(self.engine)
+        except CommandError as exc:
+            raise StoreUnavailableError(
+                f"cannot migrate the schema in {redact_url(self.url)}: {exc}; the "
+                "database may have been upgraded by a newer syncd"
+            ) from exc
         except SQLAlchemyError as exc:
             raise StoreUnavailableError(
                 f"cannot create the schema in {redact_url(self.url)}: {exc}"

@@ -52,6 +52,8 @@ def database_url(
         pytest.skip("SYNCD_TEST_DATABASE_URL is not set")
     store = Store(postgres_url, create=False)
     SQLModel.metadata.drop_all(store.engine)
+    with store.engine.begin() as connection:
+        connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
     store.dispose()
     yield postgres_url
 
