@@ -41,8 +41,8 @@ def configure(level: str = "INFO", log_format: str = "text") -> None:
     """Send log records to standard error as text lines or JSON objects.
 
     Under journald (``JOURNAL_STREAM`` set) lines carry no timestamp, since the
-    journal adds its own. httpx's per-request and APScheduler's per-run INFO
-    lines are turned down to WARNING.
+    journal adds its own. httpx's per-request, APScheduler's per-run and
+    Alembic's INFO lines are turned down to WARNING.
     """
     journald = bool(os.environ.get("JOURNAL_STREAM"))
     handler = logging.StreamHandler(sys.stderr)
