@@ -1,8 +1,8 @@
 """Schema migrations with Alembic, applied when a store is opened.
 
-A database created before migrations existed has the first revision's
-tables but no ``alembic_version`` table; it is stamped with that revision
-and then upgraded like any other.
+A database created before migrations existed has the first revision's tables
+but no ``alembic_version`` table. It is stamped with that revision and then
+upgraded like any other.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def _config(connection: Connection) -> Config:
 
 
 def head_revision() -> str:
-    """Return the newest revision this version of syncd knows."""
+    """Return the newest revision shipped with this version of syncd."""
     head = ScriptDirectory.from_config(_config(None)).get_current_head()  # type: ignore[arg-type]
     assert head is not None
     return head

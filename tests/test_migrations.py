@@ -17,7 +17,7 @@ T0 = "2024-05-01 10:00:00"
 
 
 def _fill_first_schema(engine) -> None:
-    """Insert one event, cursor and delivery the way the first schema holds them."""
+    """Insert one event, cursor and delivery in the columns of the first schema."""
     with engine.begin() as connection:
         connection.execute(
             text(
