@@ -77,7 +77,7 @@ import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -91,9 +91,15 @@ from connectors.base import (
     dump_json,
     parse_json_body,
 )
-from connectors.parsing import parse_time, read_items, version_text
+from connectors.parsing import (
+    json_array,
+    link_request,
+    parse_time,
+    read_items,
+    version_text,
+)
 from connectors.signing import hmac_sha256, matches_any
-from syncd.errors import PayloadError, ResponseError, SignatureError
+from syncd.errors import PayloadError, SignatureError
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +243,7 @@ class GitHubConnector(Connector):
         self, listing: str, request: PageRequest, response: httpx.Response
     ) -> Page:
         kind, repository = _split_listing(listing)
-        items = _json_array(response)
+        items = json_array(response)
         records, rejected = read_items(
             items, lambda item: _listed_record(kind, item, repository)
         )
@@ -251,18 +257,6 @@ class GitHubConnector(Connector):
             page = Page(records=kept, next=next_request)
         page.rejected.extend(rejected)
         return page
-
-
-def link_request(url: str) -> PageRequest:
-    """Turn a ``Link`` URL into a request whose params are the URL's query.
-
-    httpx replaces a URL's query with any ``params`` passed beside it, even
-    an empty list, so the query must travel as params to reach the server.
-    """
-    parts = urlsplit(url)
-    params = tuple(parse_qsl(parts.query, keep_blank_values=True))
-    path = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
-    return PageRequest(url=path, params=params)
 
 
 def since_param(since: datetime) -> str:
@@ -526,17 +520,6 @@ def _json_object(body: bytes) -> tuple[str, dict[str, Any]]:
     if not isinstance(payload, dict):
         raise PayloadError(f"expected a JSON object, got {type(payload).__name__}")
     return text, payload
-
-
-def _json_array(response: httpx.Response) -> list[Any]:
-    try:
-        body = response.json()
-    except (ValueError, RecursionError):
-        kind = response.headers.get("content-type", "no content type")
-        raise ResponseError(f"response is not JSON ({kind})") from None
-    if not isinstance(body, list):
-        raise ResponseError(f"expected a JSON array, got {type(body).__name__}")
-    return body
 
 
 def _member(payload: dict[str, Any], name: str) -> dict[str, Any]:

@@ -6,27 +6,51 @@ import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import httpx
 
+from connectors.base import PageRequest
 from syncd.errors import ResponseError
 
 T = TypeVar("T")
 
 
 def json_object(response: httpx.Response) -> dict[str, Any]:
-    """Return a response's JSON object; raise ResponseError for anything else.
-
-    ValueError also covers integers beyond Python's 4,300-digit limit.
-    """
-    try:
-        body = response.json()
-    except (ValueError, RecursionError):
-        kind = response.headers.get("content-type", "no content type")
-        raise ResponseError(f"response is not JSON ({kind})") from None
+    """Return a response's JSON object; raise ResponseError for anything else."""
+    body = _json(response)
     if not isinstance(body, dict):
         raise ResponseError(f"expected a JSON object, got {type(body).__name__}")
     return body
+
+
+def json_array(response: httpx.Response) -> list[Any]:
+    """Return a response's JSON array; raise ResponseError for anything else."""
+    body = _json(response)
+    if not isinstance(body, list):
+        raise ResponseError(f"expected a JSON array, got {type(body).__name__}")
+    return body
+
+
+def _json(response: httpx.Response) -> Any:
+    # ValueError also covers integers beyond Python's 4,300-digit limit.
+    try:
+        return response.json()
+    except (ValueError, RecursionError):
+        kind = response.headers.get("content-type", "no content type")
+        raise ResponseError(f"response is not JSON ({kind})") from None
+
+
+def link_request(url: str) -> PageRequest:
+    """Turn a ``Link`` URL into a request whose params are the URL's query.
+
+    Keeping the query as params makes a stored cursor readable and lets the
+    core recognise a next link that points back to a page already read.
+    """
+    parts = urlsplit(url)
+    params = tuple(parse_qsl(parts.query, keep_blank_values=True))
+    path = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    return PageRequest(url=path, params=params)
 
 
 def parse_time(value: str, field: str) -> datetime:

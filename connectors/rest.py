@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Annotated, Any, Literal
-from urllib.parse import parse_qsl, urljoin, urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 from pydantic import (
@@ -56,7 +56,7 @@ from connectors.base import (
     dump_json,
 )
 from connectors.base import parse_json_body as _parse_json_body
-from connectors.parsing import read_items
+from connectors.parsing import link_request, read_items
 from connectors.verifiers import Verifier, WebhookOptions
 from syncd.errors import ConfigError, PayloadError, ResponseError, SignatureError
 from syncd.units import to_utc_iso
@@ -700,10 +700,7 @@ def _link_request(response: httpx.Response) -> PageRequest | None:
             f"the Link rel=next of {_describe_url(response)} points to the page "
             "just read, so the listing would never end"
         )
-    parts = urlsplit(absolute)
-    url = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
-    params = tuple(parse_qsl(parts.query, keep_blank_values=True))
-    return PageRequest(url=url, params=params)
+    return link_request(absolute)
 
 
 def _describe_closest(value: Any, path: str) -> str:

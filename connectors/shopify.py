@@ -58,7 +58,7 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -72,7 +72,13 @@ from connectors.base import (
     dump_json,
     parse_json_body,
 )
-from connectors.parsing import json_object, parse_time, read_items, version_text
+from connectors.parsing import (
+    json_object,
+    link_request,
+    parse_time,
+    read_items,
+    version_text,
+)
 from connectors.signing import hmac_sha256, matches_any
 from syncd.errors import ConfigError, PayloadError, ResponseError, SignatureError
 
@@ -254,19 +260,6 @@ class ShopifyConnector(Connector):
         next_url = response.links.get("next", {}).get("url")
         next_request = None if next_url is None else link_request(next_url)
         return Page(records=records, next=next_request, rejected=rejected)
-
-
-def link_request(url: str) -> PageRequest:
-    """Turn a ``Link`` URL into a request whose params are the URL's query.
-
-    httpx replaces a URL's query with any ``params`` passed beside it, even
-    an empty list, so the query must travel as params to reach the server.
-    The query already contains ``page_info`` and every filter of the listing.
-    """
-    parts = urlsplit(url)
-    params = tuple(parse_qsl(parts.query, keep_blank_values=True))
-    path = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
-    return PageRequest(url=path, params=params)
 
 
 def since_param(since: datetime) -> str:

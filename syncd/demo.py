@@ -23,6 +23,7 @@ from syncd.models import Event
 from syncd.reconcile import ProviderRunner
 from syncd.runtime import Runtime
 from syncd.simulator import SimulatedStripe
+from syncd.store import Store
 
 PROVIDER = "payments"
 
@@ -161,7 +162,7 @@ def _exercise(
 
 def _logged_keys(runtime: Runtime) -> tuple[set[str], int]:
     """Return the logged keys and how many keys appear more than once."""
-    store = Runtime.open(runtime.config).store
+    store = Store(runtime.config.daemon.database)
     with store.session() as session:
         keys = set(
             session.execute(
