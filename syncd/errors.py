@@ -49,7 +49,7 @@ class RetriableError(ProviderError):
 
 
 class RateLimitedError(ProviderError):
-    """The credential's rate limit holds requests longer than a run may wait."""
+    """The credential's rate limit delays requests longer than a run may wait."""
 
     def __init__(self, message: str, retry_after: float) -> None:
         self.retry_after = retry_after
@@ -61,7 +61,7 @@ class AuthenticationError(ProviderError):
 
 
 class ResponseError(ProviderError):
-    """The provider answered with something syncd cannot read."""
+    """The provider returned a response syncd cannot read."""
 
 
 class WebhookError(SyncdError):

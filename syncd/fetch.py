@@ -149,7 +149,7 @@ class Fetcher:
             return
         self.budget.block_for(asked, f"Retry-After {asked:.0f}s")
         raise RateLimitedError(
-            f"GET {url} answered {response.status_code} with Retry-After "
+            f"GET {url} returned {response.status_code} with Retry-After "
             f"{asked:.0f}s, longer than max_retry_wait; the next run continues "
             "from the same cursor",
             retry_after=asked,
@@ -208,20 +208,20 @@ def _raise_for_status(url: str, response: httpx.Response, now: float) -> None:
         return
     if status >= 500:
         raise RetriableError(
-            f"GET {url} answered {status}", retry_after=retry_after(response)
+            f"GET {url} returned {status}", retry_after=retry_after(response)
         )
     if status == 429 or (status == 403 and is_rate_limited(response)):
         wait = retry_after(response) or header_rate_limit_wait(response, now)
         raise RetriableError(
-            f"GET {url} answered {status} (rate limited)",
+            f"GET {url} returned {status} (rate limited)",
             retry_after=wait or DEFAULT_RATE_LIMIT_WAIT,
         )
     if status in (401, 403):
         raise AuthenticationError(
-            f"GET {url} answered {status}: the provider rejected api_token; "
+            f"GET {url} returned {status}: the provider rejected api_token; "
             "check the token and its permissions"
         )
-    raise ResponseError(f"GET {url} answered {status}: {_snippet(response)}")
+    raise ResponseError(f"GET {url} returned {status}: {_snippet(response)}")
 
 
 def retry_after(response: httpx.Response) -> float | None:

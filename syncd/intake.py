@@ -42,7 +42,7 @@ SKEW_WARNING_INTERVAL = 3600.0  # seconds between clock-skew warnings per provid
 
 @dataclass
 class IntakeState:
-    """What the webhook handlers share with the daemon."""
+    """The state that the webhook handlers share with the daemon."""
 
     runtime: Runtime
     writer: BatchWriter
@@ -90,7 +90,7 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 async def receive_webhook(state: IntakeState, request: Request) -> Response:
-    """Verify, parse and commit one webhook, then answer."""
+    """Verify, parse and commit one webhook, then respond."""
     runtime = state.runtime
     name = request.path_params["provider"]
     connector = runtime.connectors.get(name)
@@ -220,7 +220,7 @@ def _stored(name: str, result: WriteResult, state: IntakeState) -> Response:
 
 
 async def check_health(state: IntakeState) -> Response:
-    """Answer 200 when the store takes a query, else 503."""
+    """Return 200 when the store runs a query, else 503."""
     if state.stopping:
         return _error(503, "stopping")
     try:

@@ -81,7 +81,7 @@ class Event(SQLModel, table=True):
 
 
 class Cursor(SQLModel, table=True):
-    """Where a provider's listing continues; ``state`` is JSON owned by the poller."""
+    """The position of a provider's listing; ``state`` is JSON owned by the poller."""
 
     __tablename__ = "cursors"
 

@@ -1,4 +1,4 @@
-"""How fast syncd may ask: rate-limit budgets and server-set poll intervals."""
+"""Request pacing: rate-limit budgets and server-set poll intervals."""
 
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ class TypeCounts:
 
 @dataclass
 class RunReport:
-    """What one poll or reconcile run of one provider found."""
+    """The counts and outcome of one poll or reconcile run of one provider."""
 
     provider: str
     kind: str

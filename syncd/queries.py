@@ -79,7 +79,7 @@ def find_event(store: Store, ref: str, provider: str | None = None) -> list[Even
 
 @dataclass
 class ProviderStatus:
-    """What ``syncd status`` shows for one provider."""
+    """The figures ``syncd status`` shows for one provider."""
 
     name: str
     mode: str
@@ -197,7 +197,7 @@ def list_deliveries(
 
 @dataclass
 class SinkStatus:
-    """What ``syncd status`` shows for one sink."""
+    """The figures ``syncd status`` shows for one sink."""
 
     name: str
     kind: str

@@ -49,7 +49,7 @@ _WRITE_LOCK_ID = 0x73796E6364
 
 @dataclass
 class WriteResult:
-    """What one call of :func:`record_events` did."""
+    """The result of one call of :func:`record_events`."""
 
     new: list[EventRecord] = field(default_factory=list)
     new_offsets: list[int] = field(default_factory=list)
