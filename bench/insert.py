@@ -5,12 +5,17 @@ syncd stores them as ``run_listing`` does: one ``record_events`` call and one
 transaction per page of 100. The baseline inserts the same rows into the same
 table with the driver's ``executemany``, 1,000 rows per transaction, and does
 no deduplication, counting or outbox work.
+
+``python -m bench.insert DATABASE_URL COUNT [BATCH]`` times syncd's side on
+its own, for a profiler, into an empty database, and prints events per
+second.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -124,3 +129,15 @@ def time_postgres_baseline(url: str, records: Sequence[EventRecord]) -> float:
             with connection.transaction(), connection.cursor() as cursor:
                 cursor.executemany(sql, rows[first : first + BASELINE_BATCH])
         return time.perf_counter() - started
+
+
+def main() -> None:
+    url, count = sys.argv[1], int(sys.argv[2])
+    batch = int(sys.argv[3]) if len(sys.argv) > 3 else MAX_LIMIT
+    records = make_records(count, int(time.time()))
+    seconds = time_syncd(url, records, batch)
+    print(f"{count / seconds:,.0f} events/s, {batch} per transaction")
+
+
+if __name__ == "__main__":
+    main()

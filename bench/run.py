@@ -24,7 +24,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import insert, pgdb
+from bench import deliveries, insert, pgdb
 from bench.procs import cpu_seconds, free_port, run_json, server
 from bench.provider import API_KEY, MAX_LIMIT
 
@@ -44,10 +44,11 @@ class Scale:
     memory_large: int
     idle_seconds: float
     idle_warmup: float
+    delivery_events: int = 20_000
 
 
 FULL = Scale(20.0, 200_000, 200_000, 100_000, 1_000_000, 60.0, 15.0)
-QUICK = Scale(1.0, 2_000, 2_000, 1_000, 5_000, 1.0, 1.0)
+QUICK = Scale(1.0, 2_000, 2_000, 1_000, 5_000, 1.0, 1.0, delivery_events=500)
 
 
 @dataclass
@@ -249,6 +250,22 @@ def bench_idle(workdir: Path, database: str, scale: Scale) -> Row:
     return Row(label, "sqlite", share, None, "% of a core", "< 1%", share < 1.0)
 
 
+def bench_deliveries(target: deliveries.Target, count: int) -> list[Row]:
+    """Time one delivery worker draining a backlog to a jsonl sink, and a raw loop."""
+    return [
+        Row(
+            figure,
+            target.store,
+            rate,
+            base,
+            "deliveries/s",
+            ">= 0.5x",
+            rate >= base / 2,
+        )
+        for figure, rate, base in deliveries.figures(target, count)
+    ]
+
+
 def sqlite_rows(workdir: Path, scale: Scale) -> list[Row]:
     def db(name: str) -> str:
         return f"sqlite:///{workdir / name}.db"
@@ -258,6 +275,8 @@ def sqlite_rows(workdir: Path, scale: Scale) -> list[Row]:
     rows += show(bench_insert(workdir, db("insert"), "sqlite", scale.insert_events))
     rows += show([bench_memory((db("small"), db("large")), "sqlite", scale)])
     rows += show([bench_idle(workdir, db("idle"), scale)])
+    target = deliveries.Target("sqlite", workdir)
+    rows += show(bench_deliveries(target, scale.delivery_events))
     return rows
 
 
@@ -267,6 +286,8 @@ def postgres_rows(workdir: Path, url: str, scale: Scale) -> list[Row]:
     pgdb.reset(url)
     rows += show(bench_reconcile(url, "postgresql", scale.reconcile_events))
     rows += show(bench_insert(workdir, url, "postgresql", scale.insert_events))
+    target = deliveries.Target("postgresql", workdir, url)
+    rows += show(bench_deliveries(target, scale.delivery_events))
     return rows
 
 

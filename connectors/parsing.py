@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import json.scanner
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -37,8 +38,137 @@ def _json(response: httpx.Response) -> Any:
     try:
         return response.json()
     except (ValueError, RecursionError):
-        kind = response.headers.get("content-type", "no content type")
-        raise ResponseError(f"response is not JSON ({kind})") from None
+        raise _not_json(response) from None
+
+
+def _not_json(response: httpx.Response) -> ResponseError:
+    kind = response.headers.get("content-type", "no content type")
+    return ResponseError(f"response is not JSON ({kind})")
+
+
+def json_object_with_item_texts(
+    response: httpx.Response, key: str
+) -> tuple[dict[str, Any], list[str | None]]:
+    """Return a response's JSON object and the JSON text of each item under ``key``.
+
+    The object is what :func:`json_object` returns. When ``body[key]`` is an
+    array, the second value has one entry per item: the item's exact text in
+    the response, or None. None marks an item whose text cannot be stored as
+    it is, because it contains ``NaN``/``Infinity`` or repeats a key in one
+    object.
+    Callers serialise those with ``dump_json``, which rejects the first and
+    keeps the last value of a repeated key, as the parsed item does. Keeping
+    the text saves serialising every listed item a second time. When
+    ``body[key]`` is missing or not an array, the list is empty.
+    """
+    content = response.content
+    try:
+        # The same decoding as json.loads of bytes, which httpx uses.
+        text = content.decode(json.detect_encoding(content), "surrogatepass")
+        return _ItemScanner(key).object(text)
+    except (ValueError, RecursionError, StopIteration, IndexError):
+        # StopIteration is how the scanner reports a missing value, and
+        # IndexError a text that ends inside the object.
+        pass
+    # Not an object, or not JSON: json_object raises the usual error.
+    body = json_object(response)
+    items = body.get(key)
+    return body, [None] * len(items) if isinstance(items, list) else []
+
+
+class _ItemScanner:
+    """Parse a JSON object like ``json.loads``, keeping one array's item texts.
+
+    The object's own members are read here, and every value is parsed by the
+    ``json`` module's scanner. The array under ``key`` is scanned one item at
+    a time, so each item's text is a slice of the input.
+    """
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.odd = 0  # NaN/Infinity constants and repeated keys seen so far
+        decoder = json.JSONDecoder(
+            object_pairs_hook=self._object, parse_constant=self._constant
+        )
+        self.scan = json.scanner.make_scanner(decoder)
+
+    def _object(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result = dict(pairs)
+        if len(result) != len(pairs):
+            self.odd += 1
+        return result
+
+    def _constant(self, name: str) -> float:
+        self.odd += 1
+        return float(name)
+
+    def object(self, text: str) -> tuple[dict[str, Any], list[str | None]]:
+        index = _skip(text, 0)
+        if text[index] != "{":
+            raise ValueError("not an object")
+        body: dict[str, Any] = {}
+        texts: list[str | None] = []
+        index = _skip(text, index + 1)
+        if text[index] == "}":
+            index += 1
+        while text[index - 1] != "}":
+            if text[index] != '"':
+                raise ValueError("expected a member name")
+            name, index = json.decoder.scanstring(text, index + 1)
+            index = _expect(text, index, ":")
+            if name == self.key and text[index] == "[":
+                body[name], texts, index = self._array(text, index + 1)
+            else:
+                body[name], index = self.scan(text, index)
+                if name == self.key:
+                    texts = []
+            index = _after_member(text, index, "}")
+        if _skip(text, index) != len(text):
+            raise ValueError("extra data after the object")
+        return body, texts
+
+    def _array(self, text: str, index: int) -> tuple[list[Any], list[str | None], int]:
+        items: list[Any] = []
+        texts: list[str | None] = []
+        index = _skip(text, index)
+        if text[index] == "]":
+            return items, texts, index + 1
+        while True:
+            odd = self.odd
+            item, end = self.scan(text, index)
+            items.append(item)
+            texts.append(text[index:end] if self.odd == odd else None)
+            index = _after_member(text, end, "]")
+            if text[index - 1] == "]":
+                return items, texts, index
+
+
+def _skip(text: str, index: int) -> int:
+    """Return the index of the first non-whitespace character from ``index``."""
+    return _WHITESPACE(text, index).end()
+
+
+_WHITESPACE = json.decoder.WHITESPACE.match
+
+
+def _expect(text: str, index: int, character: str) -> int:
+    index = _skip(text, index)
+    if text[index] != character:
+        raise ValueError(f"expected {character!r}")
+    return _skip(text, index + 1)
+
+
+def _after_member(text: str, index: int, closing: str) -> int:
+    """Step over the comma after a member, or the closing bracket after the last.
+
+    Returns the index of the next member, or the index just past ``closing``.
+    """
+    index = _skip(text, index)
+    if text[index] == closing:
+        return index + 1
+    if text[index] != ",":
+        raise ValueError(f"expected ',' or {closing!r}")
+    return _skip(text, index + 1)
 
 
 def link_request(url: str) -> PageRequest:

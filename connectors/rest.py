@@ -57,8 +57,8 @@ from connectors.base import (
 )
 from connectors.base import parse_json_body as _parse_json_body
 from connectors.parsing import link_request, read_items
-from connectors.verifiers import Verifier, WebhookOptions
-from syncd.errors import ConfigError, PayloadError, ResponseError, SignatureError
+from connectors.verifiers import VerifiedWebhooks, WebhookOptions
+from syncd.errors import ConfigError, PayloadError, ResponseError
 from syncd.units import to_utc_iso
 
 if TYPE_CHECKING:
@@ -424,7 +424,7 @@ class RestListing:
             raise ValueError(f"item {ident}: {options.version_field!r} {exc}") from None
 
 
-class RestConnector(Connector):
+class RestConnector(VerifiedWebhooks, Connector):
     """Any JSON list API, with optional Standard Webhooks or HMAC webhooks."""
 
     name = "rest"
@@ -435,7 +435,6 @@ class RestConnector(Connector):
         super().__init__(provider)
         raise_problems(provider, self.check_provider(provider))
         self.listing = RestListing(self.options, provider)
-        self.verifier: Verifier | None = None
         if provider.webhook_secret is not None and self.options.webhook is not None:
             self.verifier = self.options.webhook.build(
                 provider.webhook_secret.get_secret_value(),
@@ -465,13 +464,6 @@ class RestConnector(Connector):
         except ValueError as exc:
             problems.append(("webhook_secret", str(exc)))
         return problems
-
-    def verify_webhook(
-        self, headers: Mapping[str, str], body: bytes, now: float
-    ) -> None:
-        if self.verifier is None:
-            raise SignatureError("webhooks are off for this provider")
-        self.verifier.verify(headers, body, now)
 
     def parse_webhook(
         self, headers: Mapping[str, str], body: bytes

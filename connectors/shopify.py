@@ -139,6 +139,7 @@ class ShopifyConnector(Connector):
     name = "shopify"
     default_api_base_url = ""  # every shop has its own host
     Options = ShopifyOptions
+    api_token_required = True
 
     def __init__(self, provider: ProviderConfig) -> None:
         problems = self.check_provider(provider)

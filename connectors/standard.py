@@ -35,8 +35,12 @@ from connectors.rest import (
     parse_time_value,
     raise_problems,
 )
-from connectors.verifiers import StandardWebhooksVerifier, decode_standard_secret
-from syncd.errors import PayloadError, ResponseError, SignatureError
+from connectors.verifiers import (
+    StandardWebhooksVerifier,
+    VerifiedWebhooks,
+    decode_standard_secret,
+)
+from syncd.errors import PayloadError, ResponseError
 
 if TYPE_CHECKING:
     from syncd.config import ProviderConfig
@@ -54,7 +58,7 @@ class StandardOptions(BaseModel):
     listing: ListingOptions | None = None
 
 
-class StandardWebhooksConnector(Connector):
+class StandardWebhooksConnector(VerifiedWebhooks, Connector):
     """Standard Webhooks signatures, and optionally a JSON list API to poll."""
 
     name = "standard-webhooks"
@@ -64,7 +68,6 @@ class StandardWebhooksConnector(Connector):
     def __init__(self, provider: ProviderConfig) -> None:
         super().__init__(provider)
         raise_problems(provider, self.check_provider(provider))
-        self.verifier: StandardWebhooksVerifier | None = None
         if provider.webhook_secret is not None:
             self.verifier = StandardWebhooksVerifier(
                 provider.webhook_secret.get_secret_value(),
@@ -96,13 +99,6 @@ class StandardWebhooksConnector(Connector):
             except ValueError as exc:
                 problems.append(("webhook_secret", str(exc)))
         return problems
-
-    def verify_webhook(
-        self, headers: Mapping[str, str], body: bytes, now: float
-    ) -> None:
-        if self.verifier is None:
-            raise SignatureError("webhooks are off for this provider")
-        self.verifier.verify(headers, body, now)
 
     def parse_webhook(
         self, headers: Mapping[str, str], body: bytes

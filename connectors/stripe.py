@@ -29,7 +29,7 @@ from connectors.base import (
     dump_json,
     parse_json_body,
 )
-from connectors.parsing import item_text, json_object
+from connectors.parsing import item_text, json_object_with_item_texts
 from connectors.signing import hmac_sha256, matches_any
 from connectors.verifiers import check_tolerance
 from syncd.errors import PayloadError, ResponseError, SignatureError
@@ -51,6 +51,7 @@ class StripeConnector(Connector):
     name = "stripe"
     default_api_base_url = "https://api.stripe.com"
     Options = StripeOptions
+    api_token_required = True
     retention = timedelta(days=30)
 
     def verify_webhook(
@@ -95,7 +96,7 @@ class StripeConnector(Connector):
     def parse_page(
         self, listing: str, request: PageRequest, response: httpx.Response
     ) -> Page:
-        body = json_object(response)
+        body, texts = json_object_with_item_texts(response, "data")
         _raise_for_error_object(body)
         data, has_more = body.get("data"), body.get("has_more")
         if body.get("object") != "list" or not isinstance(data, list):
@@ -106,9 +107,10 @@ class StripeConnector(Connector):
         # An event that cannot be read is set aside for the quarantine, so
         # that the rest of the page is stored and the listing goes on.
         page = Page(records=[], next=None)
-        for item in data:
+        for item, text in zip(data, texts, strict=True):
             try:
-                page.records.append(self.event_record(item, dump_json(item)))
+                payload = dump_json(item) if text is None else text
+                page.records.append(self.event_record(item, payload))
             except (ValueError, RecursionError) as exc:
                 page.rejected.append((item_text(item), f"invalid event: {exc}"))
 

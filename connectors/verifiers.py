@@ -39,6 +39,25 @@ class Verifier(Protocol):
         """Raise SignatureError or TimestampError unless the request is authentic."""
 
 
+class VerifiedWebhooks:
+    """Connector mixin: ``verify_webhook`` checks requests with ``verifier``.
+
+    List it before ``Connector`` in the bases, so that its method replaces the
+    abstract one. ``verifier`` is None when the provider has no
+    ``webhook_secret``, and then every webhook is rejected.
+    """
+
+    verifier: Verifier | None = None
+
+    def verify_webhook(
+        self, headers: Mapping[str, str], body: bytes, now: float
+    ) -> None:
+        """Raise SignatureError or TimestampError unless the request is authentic."""
+        if self.verifier is None:
+            raise SignatureError("webhooks are off for this provider")
+        self.verifier.verify(headers, body, now)
+
+
 class StandardWebhooksVerifier:
     """Standard Webhooks v1: HMAC-SHA256 over ``webhook-id.webhook-timestamp.body``.
 

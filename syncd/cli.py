@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import asdict
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 import httpx
+from sqlalchemy.engine import make_url
 
 from syncd import __version__, logs, queries
 from syncd import config as config_module
 from syncd.cli_db import register as register_db
 from syncd.cli_deliveries import register as register_deliveries
 from syncd.cli_service import systemd_unit
-from syncd.errors import EXIT_CONFIG, ConfigError, StoreUnavailableError
+from syncd.errors import (
+    EXIT_CONFIG,
+    ConfigError,
+    ListenError,
+    StoreUnavailableError,
+)
 from syncd.polling import RunReport
 from syncd.runtime import Runtime
+from syncd.store import Store
 from syncd.units import parse_time, to_utc_iso
 
 CONFIG_HELP = (
@@ -49,9 +59,11 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
-def _load_config(path: str | None) -> config_module.Config:
+def _load_config(
+    path: str | None, *, require_secrets: bool = True
+) -> config_module.Config:
     try:
-        return config_module.load(path)
+        return config_module.load(path, require_secrets=require_secrets)
     except ConfigError as exc:
         _config_problems(exc)
 
@@ -63,11 +75,23 @@ def _config_problems(exc: ConfigError) -> NoReturn:
     sys.exit(EXIT_CONFIG)
 
 
-def _open(path: str | None) -> Runtime:
-    """Open the runtime of a command; it is closed when the command ends."""
-    config = _load_config(path)
+def _open(path: str | None, *, store_only: bool = False) -> Runtime:
+    """Open the runtime of a command; it is closed when the command ends.
+
+    ``store_only`` is for commands that work on the store alone, such as an
+    operator's ``syncd status`` or ``syncd deliveries retry`` from a shell
+    without the service's secrets. Secrets that are not available are left
+    unset, and no connector is built because connectors may need them, so
+    ``runtime.connectors`` is empty.
+    """
+    config = _load_config(path, require_secrets=not store_only)
+    if store_only:
+        _check_database_exists(config.daemon.database)
     try:
-        runtime = Runtime.open(config)
+        if store_only:
+            runtime = Runtime(config, Store(config.daemon.database), connectors={})
+        else:
+            runtime = Runtime.open(config)
     except ConfigError as exc:
         _config_problems(exc)
     except StoreUnavailableError as exc:
@@ -76,6 +100,30 @@ def _open(path: str | None) -> Runtime:
     if context is not None:
         context.call_on_close(runtime.close)
     return runtime
+
+
+def _check_database_exists(url: str) -> None:
+    """Exit 78 when an SQLite database file is missing, instead of creating one.
+
+    Only ``syncd run``, ``reconcile`` and ``db upgrade`` create the database,
+    so a mistyped path in a reading command is reported, not hidden.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (
+        None,
+        "",
+        ":memory:",
+    ):
+        return
+    if not Path(parsed.database).exists():
+        _config_problems(
+            ConfigError(
+                [
+                    f"daemon.database: file {parsed.database} not found; check "
+                    "the path, or start syncd run once to create the database"
+                ]
+            )
+        )
 
 
 def _dump_text(value: Any, indent: int | None = None) -> str:
@@ -135,13 +183,19 @@ def run(config_path: str | None) -> None:
     from syncd.systemd import listen_sockets
 
     runtime = _open(config_path)
-    warning = config_module.warn_if_world_readable(runtime.config)
-    if warning:
-        click.echo(f"warning: {warning}", err=True)
+    warnings = [
+        config_module.warn_if_world_readable(runtime.config),
+        *config_module.missing_token_warnings(runtime.config),
+    ]
+    for text in filter(None, warnings):
+        click.echo(f"warning: {text}", err=True)
     sockets = listen_sockets()
     if len(sockets) > 1:
         _fail(f"systemd passed {len(sockets)} sockets; syncd serves exactly one")
-    Daemon(runtime, sock=sockets[0] if sockets else None).run()
+    try:
+        Daemon(runtime, sock=sockets[0] if sockets else None).run()
+    except ListenError as exc:
+        _fail(str(exc))
 
 
 @main.command()
@@ -194,6 +248,12 @@ def reconcile(
     if start is not None and end is not None and start >= end:
         raise click.BadParameter(
             f"--since {since} is not before --until {until}; swap them",
+            param_hint="--since",
+        )
+    if start is not None and end is None and start >= datetime.now(UTC):
+        raise click.BadParameter(
+            f"{since} is in the future, so the window would be empty; give a "
+            "past time or a duration ago such as '6h'",
             param_hint="--since",
         )
     reports = []
@@ -308,7 +368,8 @@ def _filter_options(function: Any) -> Any:
 @_json_option
 def events_list(config_path, providers, types, sources, after, limit, as_json):
     """List log entries in offset order."""
-    runtime = _open(config_path)
+    runtime = _open(config_path, store_only=True)
+    _warn_unknown_providers(runtime, providers)
     rows = queries.list_events(
         runtime.store,
         providers=providers,
@@ -334,12 +395,37 @@ def events_list(config_path, providers, types, sources, after, limit, as_json):
 @click.option("--provider", help="Provider of the entry when the key is ambiguous.")
 def events_show(config_path: str | None, ref: str, provider: str | None) -> None:
     """Print one entry, found by offset or dedup key, as JSON."""
-    runtime = _open(config_path)
+    runtime = _open(config_path, store_only=True)
+    _warn_unknown_providers(runtime, [provider] if provider else [])
     found = queries.find_event(runtime.store, ref, provider)
     if not found:
         _fail(f"no log entry with offset or key {ref!r}")
-    for event in found:
-        click.echo(_dump_text(queries.event_to_json(event), indent=2))
+    if len(found) > 1:
+        matches = ", ".join(
+            f"offset {e.offset} ({e.provider} {e.key})" for e in found[:10]
+        )
+        _fail(
+            f"{len(found)} log entries match {ref!r}: {matches}; "
+            "add --provider NAME, or give the entry's offset"
+        )
+    click.echo(_dump_text(queries.event_to_json(found[0]), indent=2))
+
+
+def _warn_unknown_providers(runtime: Runtime, names: Iterable[str]) -> None:
+    """Warn about provider names that the configuration does not define.
+
+    Entries of a provider since removed from the file stay in the log, so this
+    only warns; the query still runs.
+    """
+    for name in names:
+        if name not in runtime.config.providers:
+            configured = ", ".join(runtime.config.providers) or "none"
+            click.echo(
+                f"warning: no provider {name!r} in the configuration "
+                f"(configured: {configured}); its entries are listed if any "
+                "remain in the log",
+                err=True,
+            )
 
 
 @events.command("tail")
@@ -355,7 +441,8 @@ def events_show(config_path: str | None, ref: str, provider: str | None) -> None
 )
 def events_tail(config_path, providers, types, sources, after, follow, interval):
     """Print entries after OFFSET as JSON lines; resume with --after OFFSET."""
-    runtime = _open(config_path)
+    runtime = _open(config_path, store_only=True)
+    _warn_unknown_providers(runtime, providers)
     position = after
     while True:
         rows = queries.list_events(
@@ -379,74 +466,37 @@ def events_tail(config_path, providers, types, sources, after, follow, interval)
 @_config_option
 @_json_option
 def status(config_path: str | None, as_json: bool) -> None:
-    """Show each provider's mode, last webhook, last runs, cursors and counts.
+    """Show each provider's runs, cursors, recent events and rate limit.
 
-    Also shows each sink's backlog, oldest pending age and dead deliveries.
+    Per provider: mode, last webhook, last poll and reconcile, each cursor's
+    lag, entries logged in the last hour and day by source, missed webhooks
+    recovered, open gaps and the rate-limit state. Per sink: backlog, oldest
+    pending age, dead and delivered rows. Needs no provider secrets.
     """
-    runtime = _open(config_path)
-    statuses = [
-        queries.provider_status(runtime.store, name, connector.provider.mode)
-        for name, connector in runtime.connectors.items()
-    ]
+    runtime = _open(config_path, store_only=True)
     now = datetime.now(UTC)
+    statuses = [
+        queries.provider_status(runtime.store, name, provider.mode, now)
+        for name, provider in runtime.config.providers.items()
+    ]
     sinks = [
         queries.sink_status(runtime.store, name, sink.kind, now)
         for name, sink in runtime.config.sinks.items()
     ]
     if as_json:
         data = {
+            "generated_at": to_utc_iso(now),
             "providers": [asdict(s) for s in statuses],
             "sinks": [asdict(s) for s in sinks],
         }
         click.echo(json.dumps(data, indent=2))
         return
-    _print_provider_status(statuses)
-    for sink in sinks:
-        age = sink.oldest_pending_age_seconds
-        click.echo(
-            f"sink {sink.name} ({sink.kind}): backlog {sink.backlog}"
-            + (f", oldest pending {age:.0f}s" if age is not None else "")
-            + f", dead {sink.dead}, delivered {sink.delivered}"
-        )
+    from syncd.status_view import render_status
 
-
-def _print_provider_status(statuses: list[queries.ProviderStatus]) -> None:
-    for item in statuses:
-        click.echo(f"{item.name} ({item.mode})")
-        click.echo(f"  events by first source: {item.events_by_source or 'none'}")
-        click.echo(
-            f"  arrivals by source: {item.received_by_source or 'none'}, "
-            f"duplicates: {item.duplicates_by_source or 'none'}"
-        )
-        click.echo(f"  last webhook: {item.last_webhook or 'never'}")
-        click.echo(f"  last poll: {_run_line(item.last_poll)}")
-        click.echo(f"  last reconcile: {_run_line(item.last_reconcile)}")
-        if item.mode != "polling":
-            click.echo(f"  missed webhooks recovered: {item.missed_webhooks_recovered}")
-        for listing, state in item.cursors.items():
-            click.echo(f"  cursor {listing}: {state.get('high_water') or 'none yet'}")
-        for gap in item.open_gaps:
-            click.echo(
-                f"  GAP {gap['listing']}: {gap['since']} to {gap['until']}, "
-                f"{gap['reason']}"
-            )
-        if item.quarantined:
-            click.echo(f"  QUARANTINED items: {item.quarantined} (latest first)")
-        for entry in item.latest_quarantined:
-            click.echo(
-                f"    {entry['listing']}, last seen {entry['last_seen_at']} "
-                f"({entry['times_seen']}x): {entry['reason'][:160]}"
-            )
-
-
-def _run_line(run: dict[str, Any] | None) -> str:
-    if run is None:
-        return "never"
-    line = (
-        f"{run['status']} at {run['started_at']}, listed {run['listed']}, "
-        f"new {run['new']}"
-    )
-    return f"{line}: {run['error']}" if run["error"] else line
+    terminal = sys.stdout.isatty()
+    width = shutil.get_terminal_size().columns if terminal else None
+    text = render_status(statuses, sinks, now, terminal=terminal, width=width)
+    click.echo(text, nl=False, color=terminal)
 
 
 @main.command("check-config")
@@ -460,6 +510,14 @@ def check_config(config_path: str | None) -> None:
     names = ", ".join(
         f"{n} ({p.connector}, {p.mode})" for n, p in config.providers.items()
     )
+    for text in config_module.missing_token_warnings(config):
+        click.echo(f"warning: {text}", err=True)
+    if not config.providers:
+        click.echo(
+            "warning: no [providers.NAME] table, so syncd run would receive and "
+            "poll nothing; see config.example.toml",
+            err=True,
+        )
     click.echo(f"{config.path}: valid; providers: {names or 'none'}")
 
 

@@ -56,7 +56,7 @@ def register(main: click.Group, options: dict) -> None:
     @json_option
     def list_command(config_path, statuses, sinks, limit, as_json):
         """List outbox rows, oldest first."""
-        runtime = open_runtime(config_path)
+        runtime = open_runtime(config_path, store_only=True)
         try:
             rows = _list_rows(runtime.store, statuses, sinks, limit)
         finally:
@@ -82,7 +82,7 @@ def register(main: click.Group, options: dict) -> None:
         """Make the given deliveries (or every dead one) due now, attempts reset."""
         if not ids and not dead:
             raise click.UsageError("give delivery IDs or --dead")
-        runtime = open_runtime(config_path)
+        runtime = open_runtime(config_path, store_only=True)
         try:
             with runtime.store.session() as session:
                 count = outbox.retry(
@@ -116,7 +116,7 @@ def register(main: click.Group, options: dict) -> None:
         Events with no row for the sink yet (a sink added later) get one.
         """
         start = when(since, "--since")
-        runtime = open_runtime(config_path)
+        runtime = open_runtime(config_path, store_only=True)
         try:
             settings = runtime.config.sinks.get(sink)
             if settings is None:

@@ -6,7 +6,7 @@ import os
 import re
 import stat
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,6 +17,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -132,10 +133,13 @@ class ProviderConfig(BaseModel):
 
     Keys not listed here belong to the connector and are validated by its
     ``Options`` model into ``options``. Secrets are resolved when the
-    configuration is loaded.
+    configuration is loaded. A configuration loaded with
+    ``require_secrets=False`` leaves a secret that is not available as None
+    and names its key in ``unresolved_secrets``.
     """
 
     model_config = ConfigDict(extra="allow")
+    _unresolved_secrets: frozenset[str] = PrivateAttr(default=frozenset())
 
     name: str = ""
     connector: str
@@ -169,6 +173,16 @@ class ProviderConfig(BaseModel):
             )
         return value.rstrip("/")
 
+    @field_validator("signature_tolerance")
+    @classmethod
+    def _check_tolerance(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=1):
+            raise ValueError(
+                f"{units.format_duration(value)} would reject every webhook as "
+                "stale; use at least '1s' (the default is '5m')"
+            )
+        return value
+
     @field_validator("poll_interval", "reconcile_interval", "reconcile_window")
     @classmethod
     def _check_interval(cls, value: timedelta) -> timedelta:
@@ -190,8 +204,17 @@ class ProviderConfig(BaseModel):
         return value
 
     @property
+    def unresolved_secrets(self) -> frozenset[str]:
+        """Secret keys that are configured but were not available when loaded."""
+        return self._unresolved_secrets
+
+    @property
     def webhooks_enabled(self) -> bool:
-        return self.webhook_secret is not None
+        """Tell whether a webhook_secret is configured, resolved or not."""
+        return (
+            self.webhook_secret is not None
+            or "webhook_secret" in self._unresolved_secrets
+        )
 
     @property
     def mode(self) -> str:
@@ -208,19 +231,32 @@ class Config(BaseModel):
     sinks: dict[str, Any] = {}
     path: str | None = None
     inline_secrets: bool = False
+    # Keys such as "providers.payments.api_token" whose secret was not
+    # available. Only a load with require_secrets=False leaves any.
+    unresolved_secrets: list[str] = []
+
+
+class MissingSecretError(ValueError):
+    """A well-formed secret source whose value is not available here."""
 
 
 @dataclass
 class _SecretContext:
     config_dir: Path
     environ: dict[str, str]
+    required: bool = True
+    unresolved: list[str] = field(default_factory=list)
 
 
 SECRET_KEYS = ("api_token", "webhook_secret")
 
 
 def resolve_secret(value: Any, where: str, context: _SecretContext) -> str:
-    """Return the secret text that ``value`` points to; raise ValueError if not."""
+    """Return the secret text that ``value`` points to.
+
+    Raises MissingSecretError when the variable, file or credential is not
+    available, and ValueError when ``value`` is not a valid secret source.
+    """
     if isinstance(value, str):
         return value
     if not isinstance(value, dict):
@@ -237,6 +273,9 @@ def resolve_secret(value: Any, where: str, context: _SecretContext) -> str:
             "env, file and credential, each a string"
         ) from None
     given = [k for k in ("env", "file", "credential") if getattr(source, k)]
+    empty = [k for k in ("env", "file", "credential") if getattr(source, k) == ""]
+    if empty:
+        raise ValueError(f"{where}: {empty[0]} is empty; write the name it reads")
     if len(given) != 1:
         raise ValueError(
             f"{where}: give exactly one of env, file or credential, not {given}"
@@ -251,7 +290,7 @@ def resolve_secret(value: Any, where: str, context: _SecretContext) -> str:
 def _secret_from_env(name: str, where: str, context: _SecretContext) -> str:
     text = context.environ.get(name)
     if not text:
-        raise ValueError(
+        raise MissingSecretError(
             f"{where}: environment variable {name} is not set or empty; "
             "export it, or use { file = ... } instead"
         )
@@ -262,19 +301,24 @@ def _secret_from_file(path: Path, where: str) -> str:
     try:
         text = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise ValueError(
+        raise MissingSecretError(
             f"{where}: cannot read secret file {str(path)!r} ({exc.strerror}); "
             "check the path and that syncd's user may read it"
         ) from None
     if not text:
-        raise ValueError(f"{where}: secret file {str(path)!r} is empty")
+        raise MissingSecretError(f"{where}: secret file {str(path)!r} is empty")
     return text
 
 
 def _secret_from_credential(name: str, where: str, context: _SecretContext) -> str:
+    if not name or "/" in name or name in (".", ".."):
+        raise ValueError(
+            f"{where}: invalid credential name {name!r}; write the name given "
+            "to LoadCredential=, with no '/'"
+        )
     directory = context.environ.get("CREDENTIALS_DIRECTORY")
     if not directory:
-        raise ValueError(
+        raise MissingSecretError(
             f"{where}: credential {name!r} needs $CREDENTIALS_DIRECTORY, which "
             "systemd sets for LoadCredential=; run under systemd or use "
             "{ env = ... } or { file = ... }"
@@ -282,10 +326,20 @@ def _secret_from_credential(name: str, where: str, context: _SecretContext) -> s
     return _secret_from_file(Path(directory) / name, where)
 
 
-def load(path: str | os.PathLike[str] | None = None, environ: Any = None) -> Config:
+def load(
+    path: str | os.PathLike[str] | None = None,
+    environ: Any = None,
+    *,
+    require_secrets: bool = True,
+) -> Config:
     """Read and validate the configuration; raise ConfigError listing every problem.
 
     ``path`` defaults to ``$SYNCD_CONFIG``, then ``/etc/syncd/config.toml``.
+    With ``require_secrets=False``, for commands that only read the store, a
+    secret whose variable, file or credential is not available is left unset
+    and listed in ``unresolved_secrets`` instead of being a problem. Checks
+    that need such a secret's value are skipped. A malformed secret source is
+    still a problem.
     """
     environ = dict(os.environ if environ is None else environ)
     chosen = Path(path or environ.get("SYNCD_CONFIG") or DEFAULT_PATH)
@@ -299,7 +353,9 @@ def load(path: str | os.PathLike[str] | None = None, environ: Any = None) -> Con
         raise ConfigError([f"{chosen}: cannot read ({exc.strerror})"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{chosen}: invalid TOML: {exc}"]) from None
-    context = _SecretContext(config_dir=chosen.parent, environ=environ)
+    context = _SecretContext(
+        config_dir=chosen.parent, environ=environ, required=require_secrets
+    )
     config = parse(data, context)
     config.path = str(chosen)
     return config
@@ -319,7 +375,7 @@ def parse(data: dict[str, Any], context: _SecretContext | None = None) -> Config
         problems.append("sinks: must be a table of [sinks.NAME] tables")
         raw_sinks = {}
 
-    for reserved in ("path", "inline_secrets"):
+    for reserved in ("path", "inline_secrets", "unresolved_secrets"):
         if reserved in data:
             data.pop(reserved)
             problems.append(f"{reserved}: unknown key; remove it or check its spelling")
@@ -339,6 +395,7 @@ def parse(data: dict[str, Any], context: _SecretContext | None = None) -> Config
     assert base is not None
     base.providers = providers
     base.sinks = sinks
+    base.unresolved_secrets = list(context.unresolved)
     base.inline_secrets = any(
         isinstance(table.get(key), str)
         for table in [*raw_providers.values(), *raw_sinks.values()]
@@ -365,13 +422,7 @@ def _parse_sink(
         return None
     table = dict(table, name=name)
     before = len(problems)
-    if "secret" in table:
-        try:
-            secret = resolve_secret(table["secret"], f"{where}.secret", context)
-            table["secret"] = secret
-        except ValueError as exc:
-            problems.append(str(exc))
-            table.pop("secret")
+    _resolve_table_secret(table, "secret", where, context, problems)
     for provider in table.get("providers") or []:
         if provider not in provider_names:
             problems.append(
@@ -397,13 +448,11 @@ def _parse_provider(
 
     table = dict(table, name=name)
     before = len(problems)
-    for key in SECRET_KEYS:
-        if key in table:
-            try:
-                table[key] = resolve_secret(table[key], f"{where}.{key}", context)
-            except ValueError as exc:
-                problems.append(str(exc))
-                table.pop(key)
+    unresolved = {
+        key
+        for key in SECRET_KEYS
+        if not _resolve_table_secret(table, key, where, context, problems)
+    }
     provider = _validate(ProviderConfig, table, where, problems)
     # The connector's own keys are checked even when a common key is invalid,
     # so that one run lists every problem of the table.
@@ -418,9 +467,44 @@ def _parse_provider(
     if provider is None or options is None:
         return None
     provider.options = options
+    provider._unresolved_secrets = frozenset(unresolved)
     for key, message in connector.check_provider(provider):
-        problems.append(f"{where}.{key}: {message}")
+        # A secret that was not resolved has no value to check. Its own
+        # problem is listed already, unless secrets are optional.
+        if key not in unresolved:
+            problems.append(f"{where}.{key}: {message}")
     return provider if len(problems) == before else None
+
+
+def _resolve_table_secret(
+    table: dict[str, Any],
+    key: str,
+    where: str,
+    context: _SecretContext,
+    problems: list[str],
+) -> bool:
+    """Replace ``table[key]`` by the secret it names, or drop the key.
+
+    Returns False when the key is given but its secret was not resolved. The
+    reason is added to ``problems``, unless the secret is only unavailable
+    and not required (see ``load``): then the key is recorded in
+    ``context.unresolved``.
+    """
+    if key not in table:
+        return True
+    path = f"{where}.{key}"
+    try:
+        table[key] = resolve_secret(table[key], path, context)
+        return True
+    except MissingSecretError as exc:
+        if context.required:
+            problems.append(str(exc))
+        else:
+            context.unresolved.append(path)
+    except ValueError as exc:
+        problems.append(str(exc))
+    table.pop(key)
+    return False
 
 
 def _connector_class(name: str, where: str, problems: list[str]) -> Any:
@@ -460,6 +544,28 @@ def _describe(error: Any, where: str) -> str:
     if kind.startswith("value_error"):
         return f"{path}: {message}"
     return f"{path}: {message} (got {error.get('input')!r})"
+
+
+def missing_token_warnings(config: Config) -> list[str]:
+    """Return a warning for each provider whose API needs an api_token it lacks.
+
+    Not an error: a provider may be configured for webhooks first, with the
+    token added later. Its polls and reconciles fail until then.
+    """
+    from connectors.registry import load_connector
+
+    warnings = []
+    for name, provider in config.providers.items():
+        connector = load_connector(provider.connector)
+        if not connector.api_token_required or provider.api_token is not None:
+            continue
+        if "api_token" in provider.unresolved_secrets:
+            continue
+        warnings.append(
+            f"providers.{name}.api_token: missing, so every poll and reconcile "
+            f"of {name} fails with 401; add api_token = {{ env = \"NAME\" }}"
+        )
+    return warnings
 
 
 def warn_if_world_readable(config: Config) -> str | None:

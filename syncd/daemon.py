@@ -7,21 +7,33 @@ import logging
 import signal
 import socket
 import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from connectors.base import Connector
 from syncd import __version__, systemd
+from syncd import config as config_module
+from syncd.config import Config
 from syncd.delivery import DeliveryWorker
-from syncd.errors import ProviderError, StoreUnavailableError
+from syncd.errors import (
+    ConfigError,
+    ListenError,
+    StoppingError,
+    StoreUnavailableError,
+)
 from syncd.gauges import REFRESH_SECONDS, refresh_gauges
 from syncd.intake import IntakeState, create_app
 from syncd.limits import uvicorn_options
 from syncd.pacing import RateBudgets
 from syncd.reconcile import ProviderRunner
-from syncd.runtime import Runtime, policy_of, route_of
+from syncd.reload import Changes, plan_reload
+from syncd.runtime import Runtime, build_connector, policy_of, route_of
+from syncd.sink_config import SinkConfig
 from syncd.sinks import build_sink
 from syncd.store import WriteResult
 from syncd.writer import BatchWriter
@@ -37,9 +49,15 @@ class _Server(uvicorn.Server):
     own event loop, and sends STOPPING=1 on the first stop signal.
     """
 
-    def __init__(self, config: uvicorn.Config, state: IntakeState) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        state: IntakeState,
+        dead_part: Callable[[], str | None],
+    ) -> None:
         super().__init__(config)
         self.intake_state = state
+        self.dead_part = dead_part
         self._watchdog: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -53,7 +71,9 @@ class _Server(uvicorn.Server):
         systemd.notify("READY=1", systemd.status_line(f"serving on {listening}"))
         interval = systemd.watchdog_interval()
         if interval is not None:
-            self._watchdog = asyncio.create_task(systemd.ping_watchdog(interval))
+            self._watchdog = asyncio.create_task(
+                systemd.ping_watchdog(interval, self.dead_part)
+            )
 
     def handle_exit(self, sig: int, frame: object) -> None:
         # uvicorn's own handler re-raises the signal once serving ends, which
@@ -65,6 +85,29 @@ class _Server(uvicorn.Server):
         if self.should_exit and sig == signal.SIGINT:
             self.force_exit = True
         self.should_exit = True
+
+
+def bind_listen_socket(listen: str) -> socket.socket:
+    """Bind the webhook socket before anything else starts.
+
+    A port in use then stops the start at once with a message naming
+    ``[daemon] listen``, before any poll runs. Raises ListenError.
+    """
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, int(port), type=socket.SOCK_STREAM
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        raise ListenError(
+            f"cannot listen on {listen} ({exc.strerror or exc}); change [daemon] "
+            "listen, or stop the process that uses that address"
+        ) from None
+    return sock
 
 
 def _address(sock: socket.socket) -> str:
@@ -87,32 +130,16 @@ class Daemon:
         )
         self.state = IntakeState(runtime=runtime, writer=self.writer)
         self.client = httpx.Client(headers={"User-Agent": f"syncd/{__version__}"})
-        budgets = RateBudgets(runtime.clock)
+        self.budgets = RateBudgets(runtime.clock)
         self._stop_runs = threading.Event()
+        self._reload_lock = threading.Lock()
         self.runners = {
-            name: ProviderRunner(
-                runtime.store,
-                connector,
-                self.client,
-                metrics=runtime.metrics,
-                clock=runtime.clock,
-                budgets=budgets,
-                sleep=self._wait_unless_stopping,
-            )
+            name: self._runner(connector)
             for name, connector in runtime.connectors.items()
         }
-        self.workers = [
-            DeliveryWorker(
-                runtime.store,
-                build_sink(sink),
-                route_of(sink),
-                policy_of(sink),
-                ordered=sink.ordering == "resource",
-                lease=max(timedelta(minutes=5), sink.timeout * 20),
-                metrics=runtime.metrics,
-            )
-            for sink in runtime.config.sinks.values()
-        ]
+        self.workers = {
+            name: self._worker(sink) for name, sink in runtime.config.sinks.items()
+        }
         self.scheduler = BackgroundScheduler(
             timezone=UTC,
             job_defaults={
@@ -133,10 +160,40 @@ class Daemon:
                 **uvicorn_options(daemon),
             ),
             self.state,
+            self._dead_part,
+        )
+
+    def _runner(self, connector: Connector) -> ProviderRunner:
+        return ProviderRunner(
+            self.runtime.store,
+            connector,
+            self.client,
+            metrics=self.runtime.metrics,
+            clock=self.runtime.clock,
+            budgets=self.budgets,
+            sleep=self._wait_unless_stopping,
+        )
+
+    def _worker(self, sink: SinkConfig) -> DeliveryWorker:
+        return DeliveryWorker(
+            self.runtime.store,
+            build_sink(sink),
+            route_of(sink),
+            policy_of(sink),
+            ordered=sink.ordering == "resource",
+            lease=max(timedelta(minutes=5), sink.timeout * 20),
+            metrics=self.runtime.metrics,
         )
 
     def run(self) -> None:
-        """Serve until SIGTERM or SIGINT, then stop every part in order."""
+        """Serve until SIGTERM or SIGINT, then stop every part in order.
+
+        SIGHUP reloads the configuration file (see :meth:`reload`).
+        """
+        if self.sock is None:
+            self.sock = bind_listen_socket(self.runtime.config.daemon.listen)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGHUP, self._on_sighup)
         self._start_background()
         try:
             self.server.run(sockets=[self.sock] if self.sock else None)
@@ -168,10 +225,139 @@ class Daemon:
             ", ".join(f"{n} ({p.mode})" for n, p in config.providers.items()) or "none",
         )
         self.writer.start()
-        for worker in self.workers:
+        for worker in self.workers.values():
             worker.start()
         self._schedule_jobs()
         self.scheduler.start()
+
+    def _on_sighup(self, _sig: int, _frame: object) -> None:
+        # The handler runs on the main thread, which serves webhooks; the
+        # reload waits for sink workers, so it runs on a thread of its own.
+        threading.Thread(target=self.reload, name="syncd-reload", daemon=True).start()
+
+    def reload(self) -> bool:
+        """Read the configuration file again and apply what can change live.
+
+        Providers and sinks are added, removed or replaced while webhooks keep
+        being served. A changed ``[daemon]`` key is logged and waits for a
+        restart. A file with errors changes nothing. Return True when the
+        file was applied.
+        """
+        with self._reload_lock:
+            if self.state.stopping:
+                log.info("reload skipped: syncd is stopping")
+                return False
+            systemd.notify(
+                "RELOADING=1",
+                f"MONOTONIC_USEC={time.monotonic_ns() // 1000}",
+                systemd.status_line("reloading the configuration"),
+            )
+            try:
+                return self._reload()
+            finally:
+                systemd.notify("READY=1", systemd.status_line(self._serving_line()))
+
+    def _reload(self) -> bool:
+        running = self.runtime.config
+        if running.path is None:
+            log.warning("reload skipped: this daemon runs a configuration with no file")
+            return False
+        try:
+            loaded = config_module.load(running.path)
+        except ConfigError as exc:
+            log.error(
+                "reload of %s failed, so the running configuration stays: %s",
+                running.path,
+                "; ".join(exc.problems),
+            )
+            return False
+        if running.providers and not loaded.providers:
+            log.error(
+                "reload of %s failed, so the running configuration stays: the "
+                "file names no [providers.NAME] table. If it was being written, "
+                "write it beside the old one, move it into place, and reload",
+                running.path,
+            )
+            return False
+        plan = plan_reload(running, loaded)
+        for key in plan.restart_keys:
+            log.warning(
+                "daemon.%s changed in %s; it applies at the next restart "
+                "(systemctl restart syncd), not on reload",
+                key,
+                running.path,
+            )
+        loaded.daemon = running.daemon
+        self._apply_providers(plan.providers, loaded)
+        self._apply_sinks(plan.sinks, loaded)
+        self.runtime.config = loaded
+        log.info("configuration reloaded from %s: %s", running.path, plan.summary())
+        return True
+
+    def _apply_providers(self, changes: Changes, loaded: Config) -> None:
+        """Swap the connectors webhooks are checked against, then the runs."""
+        connectors = {
+            name: connector
+            for name, connector in self.runtime.connectors.items()
+            if name in loaded.providers and name not in changes.changed
+        }
+        for name in changes.added + changes.changed:
+            connectors[name] = build_connector(loaded.providers[name])
+        for name in changes.removed + changes.changed:
+            self._unschedule_provider(name)
+        self.runtime.connectors = connectors
+        runners = {n: r for n, r in self.runners.items() if n in connectors}
+        for name in changes.added + changes.changed:
+            runners[name] = self._runner(connectors[name])
+            self._schedule_provider(name, runners[name])
+        self.runners = runners
+        if changes.removed:
+            log.info(
+                "providers removed: %s; their logged events and cursors stay, "
+                "and their webhooks now get 404",
+                ", ".join(changes.removed),
+            )
+
+    def _apply_sinks(self, changes: Changes, loaded: Config) -> None:
+        """Route new events to the loaded sinks and restart changed workers."""
+        self.runtime.store.sink_routes = [route_of(s) for s in loaded.sinks.values()]
+        workers = dict(self.workers)
+        for name in changes.removed + changes.changed:
+            workers.pop(name).stop()
+        for name in changes.added + changes.changed:
+            workers[name] = self._worker(loaded.sinks[name])
+            workers[name].start()
+        self.workers = workers
+        for name in changes.added:
+            log.info(
+                "sink %s receives events logged from now on; to send it earlier "
+                "ones, run: syncd deliveries replay --sink %s --since WHEN",
+                name,
+                name,
+            )
+        for name in changes.removed:
+            log.warning(
+                "sink %s removed; its pending deliveries stay in the outbox and "
+                "resume if the sink is added back",
+                name,
+            )
+
+    def _dead_part(self) -> str | None:
+        """Name a background thread that ended while serving, if any."""
+        if self._reload_lock.locked():
+            return None  # a reload is replacing sink workers
+        if not self.writer.is_alive():
+            return "the thread that commits webhooks"
+        if not self.scheduler.running:
+            return "the scheduler of polls and reconciles"
+        for name, worker in self.workers.items():
+            if not worker.is_alive():
+                return f"the delivery thread of sink {name}"
+        return None
+
+    def _serving_line(self) -> str:
+        names = ", ".join(self.runtime.connectors) or "no providers"
+        return f"serving {names}"
 
     def _wait_unless_stopping(self, seconds: float) -> None:
         """Wait between provider requests, but end the run at once on stop.
@@ -180,7 +366,7 @@ class Daemon:
         would hold the stop past systemd's TimeoutStopSec.
         """
         if self._stop_runs.wait(seconds):
-            raise ProviderError(
+            raise StoppingError(
                 "syncd is stopping; the next start continues from the cursor"
             )
 
@@ -191,48 +377,65 @@ class Daemon:
         self.scheduler.shutdown(wait=True)
         log.info("committing queued webhooks")
         self.writer.stop()
-        if self.workers:
-            log.info("stopping sink workers (a delivery in hand finishes)")
-        for worker in self.workers:
-            worker.stop()
+        with self._reload_lock:
+            if self.workers:
+                log.info("stopping sink workers (a delivery in hand finishes)")
+            for worker in self.workers.values():
+                worker.stop()
         self.client.close()
         self.runtime.close()
         log.info("syncd stopped")
 
     def _schedule_jobs(self) -> None:
-        now = datetime.now(UTC)
         for name, runner in self.runners.items():
-            try:
-                runner.origin(datetime.fromtimestamp(self.runtime.clock(), UTC))
-            except StoreUnavailableError as exc:
-                log.warning("%s: first start time not recorded: %s", name, exc)
-            settings = runner.connector.provider
-            if settings.webhooks_enabled:
-                interval, job, kind = (
-                    settings.reconcile_interval,
-                    runner.reconcile,
-                    "reconcile",
-                )
-                first = now + timedelta(seconds=10)
-            else:
-                interval, job, kind = settings.poll_interval, runner.poll, "poll"
-                first = now
-            self.scheduler.add_job(
-                job,
-                "interval",
-                seconds=interval.total_seconds(),
-                id=f"{kind}:{name}",
-                name=f"{kind} {name}",
-                next_run_time=first,
-            )
+            self._schedule_provider(name, runner)
         self.scheduler.add_job(
             self._refresh_gauges,
             "interval",
             seconds=REFRESH_SECONDS,
             id="metrics",
             name="refresh metrics",
-            next_run_time=now,
+            next_run_time=datetime.now(UTC),
         )
+
+    def _schedule_provider(self, name: str, runner: ProviderRunner) -> None:
+        """Record the provider's first start, then schedule its poll or reconcile.
+
+        Reconciles start 10 s after the daemon so its webhooks come first;
+        polls start at once. A job already running under the same id finishes
+        first, since each id runs one instance at a time.
+        """
+        try:
+            runner.origin(datetime.fromtimestamp(self.runtime.clock(), UTC))
+        except StoreUnavailableError as exc:
+            log.warning("%s: first start time not recorded: %s", name, exc)
+        settings = runner.connector.provider
+        now = datetime.now(UTC)
+        if settings.webhooks_enabled:
+            kind, job, interval = (
+                "reconcile",
+                runner.reconcile,
+                settings.reconcile_interval,
+            )
+            first = now + timedelta(seconds=10)
+        else:
+            kind, job, interval = "poll", runner.poll, settings.poll_interval
+            first = now
+        self.scheduler.add_job(
+            job,
+            "interval",
+            seconds=interval.total_seconds(),
+            id=f"{kind}:{name}",
+            name=f"{kind} {name}",
+            next_run_time=first,
+            replace_existing=True,
+        )
+
+    def _unschedule_provider(self, name: str) -> None:
+        for kind in ("poll", "reconcile"):
+            job = self.scheduler.get_job(f"{kind}:{name}")
+            if job is not None:
+                job.remove()
 
     def _refresh_gauges(self) -> None:
         refresh_gauges(
@@ -244,7 +447,7 @@ class Daemon:
 
     def _count_commit(self, provider: str, source: str, result: WriteResult) -> None:
         if result.new:
-            for worker in self.workers:
+            for worker in list(self.workers.values()):
                 worker.wake()
             self.runtime.metrics.events_logged.labels(provider, source).inc(
                 len(result.new)

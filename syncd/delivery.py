@@ -16,21 +16,26 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy.orm import Session
+
+from syncd.claims import claim
 from syncd.errors import StoreUnavailableError
 from syncd.leases import release_dead_leases
 from syncd.metrics import Metrics
-from syncd.models import Delivery
+from syncd.models import Delivery, Event
 from syncd.outbox import (
     LEASE_LOST,
+    Recorded,
     RetryPolicy,
     SinkRoute,
-    claim,
     envelope,
     idempotency_key,
-    load_for_delivery,
-    newest_delivered_time,
-    record_outcome,
+    load_many,
+    newest_delivered_times,
+    read_attempts,
+    record_attempt,
     release,
+    release_rows,
     renew,
 )
 from syncd.sinks.base import Outcome, Sink
@@ -38,7 +43,153 @@ from syncd.store import Store
 
 log = logging.getLogger(__name__)
 
-BATCH = 10
+BATCH = 100
+# After a sink's first dead delivery is logged, later ones are counted over
+# this window and logged as one line, so a sink that is down for days does
+# not log a line per event.
+DEAD_LOG_WINDOW = timedelta(minutes=5)
+
+
+class DeadDeliveryLog:
+    """Logs the dead deliveries of one sink at ERROR without a line for each.
+
+    The first one is logged with its event and the fix. Later ones are
+    counted until ``window`` has passed since that line, and then logged as
+    one line with the count. While deliveries keep ending dead, each count
+    line starts the next window, so a sink that stays down logs one line per
+    window. A window with no more dead deliveries ends without a line, and
+    the next dead delivery is logged in full again. The caller calls
+    :meth:`flush` now and then, so that a count is logged when its window
+    ends, and once with ``final`` on stop.
+    """
+
+    def __init__(self, sink: str, window: timedelta = DEAD_LOG_WINDOW) -> None:
+        self.sink = sink
+        self.window = window
+        self._window_start: datetime | None = None
+        self._more = 0
+
+    def dead(
+        self,
+        delivery_id: int,
+        event: str,
+        attempts: int,
+        error: str | None,
+        now: datetime,
+    ) -> None:
+        """Log or count one delivery that ended dead at ``now``."""
+        self.flush(now)
+        if self._window_start is not None:
+            self._more += 1
+            return
+        self._window_start = now
+        log.error(
+            "sink %s: giving up on %s (delivery %d) after %d attempt(s): %s; run "
+            "'syncd deliveries retry --dead --sink %s' once the sink is fixed. "
+            "More dead deliveries of this sink in the next %s are logged as a count",
+            self.sink,
+            event,
+            delivery_id,
+            attempts,
+            error,
+            self.sink,
+            _span(self.window),
+        )
+
+    def flush(self, now: datetime, *, final: bool = False) -> None:
+        """Log the count of an ended window; with ``final``, of the open one too."""
+        if self._window_start is None:
+            return
+        elapsed = now - self._window_start
+        if elapsed < self.window and not final:
+            return
+        if self._more == 0:
+            self._window_start = None
+            return
+        log.error(
+            "%d more %s to sink %s ended dead in the last %s; run "
+            "'syncd deliveries retry --dead --sink %s' once the sink is fixed",
+            self._more,
+            "delivery" if self._more == 1 else "deliveries",
+            self.sink,
+            _span(elapsed),
+            self.sink,
+        )
+        self._window_start = None if final else now
+        self._more = 0
+
+
+def _span(delta: timedelta) -> str:
+    seconds = max(0, round(delta.total_seconds()))
+    if seconds < 120:
+        return f"{seconds} seconds"
+    return f"{round(seconds / 60)} minutes"
+
+
+class _Claimed:
+    """The rows of one round, in delivery order, and the chains still going.
+
+    With per-resource ordering, a chain is the claimed rows of one resource.
+    ``newest`` maps a resource to the provider time of its newest event
+    already delivered to the sink, and follows this round's deliveries.
+    """
+
+    def __init__(
+        self,
+        items: list[tuple[Delivery, Event]],
+        newest: dict[str, datetime],
+        ordered: bool,
+    ) -> None:
+        self._items = items
+        self._newest = newest
+        self._ordered = ordered
+        self._ended: set[str] = set()
+        self._position = 0
+
+    @classmethod
+    def load(
+        cls, session: Session, sink: str, ids: list[int], ordered: bool
+    ) -> _Claimed:
+        items = load_many(session, ids)
+        resources = (delivery.resource for delivery, _ in items)
+        return cls(items, newest_delivered_times(session, sink, resources), ordered)
+
+    def next(self) -> tuple[Delivery, Event] | None:
+        """Return the next row whose chain has not ended, or None at the end."""
+        while self._position < len(self._items):
+            item = self._items[self._position]
+            self._position += 1
+            if item[0].resource not in self._ended:
+                return item
+        return None
+
+    def end_chain(self, delivery: Delivery) -> list[int]:
+        """End the chain of ``delivery``; return the ids of its rows not started.
+
+        Without per-resource ordering, and for rows without a resource,
+        nothing follows a row, so nothing ends.
+        """
+        resource = delivery.resource
+        if not self._ordered or resource is None:
+            return []
+        self._ended.add(resource)
+        ahead = self._items[self._position :]
+        return [later.id for later, _ in ahead if later.resource == resource]
+
+    def superseded(self, delivery: Delivery, event: Event) -> bool:
+        """Return whether a newer event of the resource was already delivered."""
+        if delivery.resource is None:
+            return False
+        newest = self._newest.get(delivery.resource)
+        return newest is not None and newest > event.occurred_at
+
+    def delivered(self, delivery: Delivery, event: Event) -> None:
+        """Note a delivery, so that later rows of the round see it as delivered."""
+        if delivery.resource is None:
+            return
+        newest = self._newest.get(delivery.resource)
+        if newest is None or event.occurred_at > newest:
+            self._newest[delivery.resource] = event.occurred_at
 
 
 class DeliveryWorker:
@@ -52,6 +203,7 @@ class DeliveryWorker:
         policy: RetryPolicy,
         *,
         ordered: bool = True,
+        batch: int = BATCH,
         lease: timedelta = timedelta(minutes=5),
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         idle_wait: float = 1.0,
@@ -63,6 +215,7 @@ class DeliveryWorker:
         self.route = route
         self.policy = policy
         self.ordered = ordered
+        self.batch = batch
         self.lease = lease
         self.clock = clock
         self.idle_wait = idle_wait
@@ -73,12 +226,19 @@ class DeliveryWorker:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._store_down = False
+        # True from a claim until its round ends; still True at the next
+        # round when a failure (a store outage) cut the last one short.
+        self._holds_leases = False
+        self._dead_log = DeadDeliveryLog(sink.name)
 
     def start(self) -> None:
         self._thread = threading.Thread(
             target=self._run, name=f"syncd-sink-{self.sink.name}", daemon=True
         )
         self._thread.start()
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def wake(self) -> None:
         """Look for due rows now instead of after the idle wait."""
@@ -102,82 +262,105 @@ class DeliveryWorker:
                 handled = 0
             except Exception as exc:  # noqa: BLE001 - the thread must outlive any error
                 # E.g. sqlalchemy.exc.TimeoutError when the connection pool is
-                # exhausted, which is not a DBAPIError. Rows keep their leases
-                # and are claimed again when those run out.
+                # exhausted, which is not a DBAPIError. The next round gives
+                # back the leases of rows this one did not finish.
                 self._report_outage(exc, unexpected=True)
                 handled = 0
             if handled == 0:
                 self._wake.wait(self.idle_wait)
                 self._wake.clear()
         self._release_leases()
+        self._dead_log.flush(self.clock(), final=True)
 
     def run_once(self) -> int:
-        """Claim one batch of due rows and deliver them; return how many."""
+        """Claim one batch of due rows and deliver them; return the attempts made.
+
+        Also log the count of dead deliveries once its window has ended.
+        """
         now = self.clock()
+        self._dead_log.flush(now)
         with self.store.session() as session:
+            if self._holds_leases:
+                # Rows the failed round claimed but did not finish would stay
+                # leased for the whole lease (5 minutes or more) and, with
+                # per-resource ordering, hold back their resources' later
+                # events. This worker has nothing in hand now, so it gives
+                # them all back and claims again.
+                release(session, self.owner)
             ids = claim(
                 session,
                 self.sink.name,
                 self.owner,
                 now,
                 lease=self.lease,
-                limit=BATCH,
+                limit=self.batch,
                 ordered=self.ordered,
+                chain=self.batch,
+                share=self.ordered,
             )
+        self._holds_leases = bool(ids)
         self._report_recovery()
-        handled = 0
-        for delivery_id in ids:
-            if self._stopping.is_set():
-                break
-            self._deliver_one(delivery_id)
-            handled += 1
+        handled = self._deliver_claimed(ids) if ids else 0
+        self._holds_leases = False
         return handled
 
-    def _deliver_one(self, delivery_id: int) -> None:
-        with self.store.session() as session:
-            if not renew(session, delivery_id, self.owner, self.clock(), self.lease):
-                log.info(
-                    "sink %s: delivery %d skipped: its lease ran out and passed "
-                    "to another worker",
-                    self.sink.name,
-                    delivery_id,
-                )
-                return
-            loaded = load_for_delivery(session, delivery_id)
-            if loaded is None:
-                return
-            delivery, event = loaded
-            newest = newest_delivered_time(session, self.sink.name, delivery.resource)
-        superseded = newest is not None and newest > event.occurred_at
-        body = envelope(event, delivery, superseded)
-        key = idempotency_key(event.provider, event.key)
-        now = self.clock()
-        outcome = self._attempt(body, key, int(now.timestamp()))
+    def _deliver_claimed(self, ids: list[int]) -> int:
+        """Deliver claimed rows in order, one transaction per attempt.
 
+        That transaction records the outcome and renews the lease of the
+        next row, so each row's lease is checked just before its delivery.
+        A batch claimed long ago may contain rows whose lease ran out and
+        passed to another worker, and those must not be delivered a second
+        time. With per-resource ordering, a failure or a lost lease ends the
+        resource's chain, and the leases of its later rows are given back.
+        """
         with self.store.session() as session:
-            row = session.get(Delivery, delivery_id)
-            if row is None:
-                return
-            status = record_outcome(
-                session,
-                row,
-                outcome,
-                self.policy,
-                self.clock(),
-                self._rng,
-                owner=self.owner,
-            )
-            attempts, next_at = row.attempts, row.next_attempt_at
-        if status == LEASE_LOST:
-            log.warning(
-                "sink %s: attempt for %s failed (%s) after its lease passed to "
-                "another worker; that worker records the next outcome",
+            claimed = _Claimed.load(session, self.sink.name, ids, self.ordered)
+            current = self._renew_next(session, claimed)
+        handled = 0
+        while current is not None and not self._stopping.is_set():
+            delivery, event = current
+            outcome = self._attempt_one(delivery, event, claimed)
+            with self.store.session() as session:
+                recorded = self._record(session, delivery.id, outcome)
+                if recorded is None or recorded.status != "delivered":
+                    release_rows(session, self.owner, claimed.end_chain(delivery))
+                current = self._renew_next(session, claimed)
+            handled += 1
+            if recorded is not None:
+                self._report(delivery.id, event, outcome, recorded)
+        return handled
+
+    def _renew_next(
+        self, session: Session, claimed: _Claimed
+    ) -> tuple[Delivery, Event] | None:
+        """Renew the lease of the next claimed row; return it, or None at the end.
+
+        A row whose lease passed to another worker is skipped, and so is the
+        rest of its chain.
+        """
+        while (item := claimed.next()) is not None:
+            delivery = item[0]
+            if renew(session, delivery.id, self.owner, self.clock(), self.lease):
+                return item
+            log.info(
+                "sink %s: delivery %d skipped: its lease ran out and passed "
+                "to another worker",
                 self.sink.name,
-                event.key,
-                outcome.error,
+                delivery.id,
             )
-            return
-        self._log_outcome(event.key, status, attempts, next_at, outcome)
+            release_rows(session, self.owner, claimed.end_chain(delivery))
+        return None
+
+    def _attempt_one(
+        self, delivery: Delivery, event: Event, claimed: _Claimed
+    ) -> Outcome:
+        body = envelope(event, delivery, claimed.superseded(delivery, event))
+        key = idempotency_key(event.provider, event.key)
+        outcome = self._attempt(body, key, int(self.clock().timestamp()))
+        if outcome.delivered:
+            claimed.delivered(delivery, event)
+        return outcome
 
     def _attempt(self, body: bytes, key: str, timestamp: int) -> Outcome:
         try:
@@ -186,36 +369,55 @@ class DeliveryWorker:
             log.exception("sink %s raised while delivering", self.sink.name)
             return Outcome.failed(f"sink raised {exc!r}")
 
-    def _log_outcome(
-        self,
-        key: str,
-        status: str,
-        attempts: int,
-        next_at: datetime,
-        outcome: Outcome,
+    def _record(
+        self, session: Session, delivery_id: int, outcome: Outcome
+    ) -> Recorded | None:
+        current = read_attempts(session, delivery_id)
+        if current is None:
+            return None
+        return record_attempt(
+            session,
+            current,
+            outcome,
+            self.policy,
+            self.clock(),
+            self._rng,
+            owner=self.owner,
+        )
+
+    def _report(
+        self, delivery_id: int, event: Event, outcome: Outcome, recorded: Recorded
     ) -> None:
+        if recorded.status == LEASE_LOST:
+            log.warning(
+                "sink %s: attempt for %s failed (%s) after its lease passed to "
+                "another worker; that worker records the next outcome",
+                self.sink.name,
+                event.key,
+                outcome.error,
+            )
+            return
         if self.metrics is not None:
             result = "delivered" if outcome.delivered else "failed"
             self.metrics.sink_attempts.labels(self.sink.name, result).inc()
-            if status == "dead":
+            if recorded.status == "dead":
                 self.metrics.sink_dead.labels(self.sink.name).inc()
-        if status == "dead":
-            log.error(
-                "sink %s: giving up on %s after %d attempt(s): %s; "
-                "run 'syncd deliveries retry --dead' once the sink is fixed",
-                self.sink.name,
-                key,
-                attempts,
+        if recorded.status == "dead":
+            self._dead_log.dead(
+                delivery_id,
+                f"{event.provider}/{event.key}",
+                recorded.attempts,
                 outcome.error,
+                self.clock(),
             )
-        elif not outcome.delivered:
+        elif recorded.next_attempt_at is not None:
             log.warning(
                 "sink %s: attempt %d for %s failed (%s); next at %s",
                 self.sink.name,
-                attempts,
-                key,
+                recorded.attempts,
+                event.key,
                 outcome.error,
-                next_at.isoformat(timespec="seconds"),
+                recorded.next_attempt_at.isoformat(timespec="seconds"),
             )
 
     def _release_leases(self) -> None:

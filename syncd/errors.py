@@ -4,11 +4,13 @@
 
     SyncdError
     ├── ConfigError              fix the configuration; the daemon exits 78
+    ├── ListenError              the webhook address is in use: exit 1
     ├── ProviderError            a provider API call failed
     │   ├── RetriableError       timeouts, 5xx, 429: retry with backoff
     │   ├── RateLimitedError     held longer than max_retry_wait: end the run
     │   ├── AuthenticationError  401/403 from the provider: fix the token
-    │   └── ResponseError        a response syncd cannot read: the run fails
+    │   ├── ResponseError        a response syncd cannot read: the run fails
+    │   └── StoppingError        syncd is stopping: the run ends, not an error
     ├── WebhookError             one webhook request is rejected
     │   ├── SignatureError       missing or invalid signature (HTTP 401)
     │   │   └── TimestampError   signed timestamp outside the tolerance (401)
@@ -34,6 +36,10 @@ class ConfigError(SyncdError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("\n".join(problems))
+
+
+class ListenError(SyncdError):
+    """The webhook server cannot listen on its configured address."""
 
 
 class ProviderError(SyncdError):
@@ -62,6 +68,14 @@ class AuthenticationError(ProviderError):
 
 class ResponseError(ProviderError):
     """The provider returned a response syncd cannot read."""
+
+
+class StoppingError(ProviderError):
+    """syncd is stopping, so a run ends before it is done.
+
+    The run is recorded as stopped, not failed. It subclasses ProviderError
+    so that code that ends a run on any ProviderError also ends it on a stop.
+    """
 
 
 class WebhookError(SyncdError):

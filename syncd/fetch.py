@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -40,6 +41,7 @@ from syncd.pacing import (
     header_rate_limit_wait,
     is_rate_limited,
 )
+from syncd.rate_limit_state import blocked_state, read_rate_limit_headers
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,7 @@ class Fetcher:
         self.requests = 0
         self.rate_limit_waits = 0
         self.rate_limit_wait_seconds = 0.0
+        self.rate_limit_seen: dict[str, Any] = {}
         settings = connector.provider
         self._wait_cap = settings.max_retry_wait.total_seconds()
         self._backoff = wait_exponential_jitter(initial=1, max=self._wait_cap)
@@ -86,6 +89,16 @@ class Fetcher:
         conditional, and a 304 answer is returned like a success.
         """
         return self._retrying(self._fetch_once, request, validators or {})
+
+    def rate_limit_state(self) -> dict[str, Any]:
+        """Return the rate-limit headers last seen and any wait of the budget.
+
+        The form is the one ``syncd.rate_limit_state`` saves for
+        ``syncd status``. It is {} when there is nothing to show.
+        """
+        now = self.clock()
+        blocked = blocked_state(self.budget.wait_time(), self.budget.reason, now)
+        return {**self.rate_limit_seen, **blocked}
 
     def url_of(self, request: PageRequest) -> str:
         """Return the absolute URL of a request, without its query.
@@ -176,6 +189,9 @@ class Fetcher:
         self.sleep(wait)
 
     def _note_rate_limit(self, response: httpx.Response) -> None:
+        seen = read_rate_limit_headers(response, self.clock())
+        if seen:
+            self.rate_limit_seen = seen
         wait = header_rate_limit_wait(response, self.clock())
         reason = "X-RateLimit-Remaining is 0"
         custom = self.connector.rate_limit_wait(response)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import weakref
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -23,13 +24,18 @@ log = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 5
 
+# Stores whose last refresh failed, so that an outage is logged once instead
+# of every REFRESH_SECONDS.
+_failing_stores: weakref.WeakSet[Store] = weakref.WeakSet()
+
 
 def refresh_gauges(
     store: Store, metrics: Metrics, sinks: Iterable[str], now: datetime
 ) -> None:
     """Set the cursor lag and sink backlog gauges from the database.
 
-    A database error is logged and leaves the gauges at their last values.
+    A database error leaves the gauges at their last values. The first failed
+    refresh of an outage is logged, and so is the first refresh after it.
     """
     try:
         with store.session() as session:
@@ -42,8 +48,15 @@ def refresh_gauges(
                 )
             ).all()
     except StoreUnavailableError as exc:
-        log.warning("metrics not refreshed: %s", exc)
+        if store not in _failing_stores:
+            log.warning(
+                "metrics not refreshed until the store is available again: %s", exc
+            )
+            _failing_stores.add(store)
         return
+    if store in _failing_stores:
+        _failing_stores.discard(store)
+        log.info("metrics refreshed again")
     for provider, listing, state in cursors:
         high_water = json.loads(state).get("high_water")
         if high_water:

@@ -71,6 +71,9 @@ def create_app(state: IntakeState) -> Starlette:
 
     routes = [
         Route("/webhooks/{provider}", webhook, methods=["POST"]),
+        # A provider dashboard URL often ends in '/'. Providers do not follow
+        # the redirect Starlette would answer with, so both paths are served.
+        Route("/webhooks/{provider}/", webhook, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
@@ -140,9 +143,7 @@ async def _verify_and_store(
     if not records:
         return JSONResponse({"status": "ignored", "events": 0})
     try:
-        result = await asyncio.wrap_future(
-            state.writer.submit(name, "webhook", records)
-        )
+        result = await state.writer.write(name, "webhook", records)
     except StoreUnavailableError:
         metrics.webhooks_rejected.labels(name, "store_unavailable").inc()
         return _error(503, "the event store is unavailable; retry later")

@@ -190,6 +190,7 @@ class Delivery(SQLModel, table=True):
         UniqueConstraint("event_offset", "sink", name="uq_deliveries_event_sink"),
         Index("ix_deliveries_due", "sink", "status", "next_attempt_at"),
         Index("ix_deliveries_resource", "sink", "resource", "id"),
+        Index("ix_deliveries_status_resource", "sink", "status", "resource"),
     )
 
     id: int | None = Field(

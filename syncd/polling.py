@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,7 +27,9 @@ from syncd.errors import ResponseError
 from syncd.fetch import Fetcher
 from syncd.gaps import GapNotice
 from syncd.pacing import server_poll_interval
+from syncd.prefetch import PageFetches
 from syncd.quarantine import quarantine_items
+from syncd.rate_limit_state import fetch_keeping_rate_limit, save_rate_limit
 from syncd.store import Store, WriteResult, load_cursor, record_events, save_cursor
 from syncd.units import format_duration, parse_time, to_utc_iso
 
@@ -114,27 +117,61 @@ def run_listing(
     request = start or connector.first_request(listing, report.window)
     first: httpx.Response | None = None
     seen: set[PageRequest] = set()
-    while request is not None:
-        if request in seen:
-            raise ResponseError(
-                f"the next page of {listing} is one already read in this run "
-                f"({request.url}); the provider's pagination loops"
-            )
-        seen.add(request)
-        response = fetcher.fetch(request, validators if first is None else None)
-        first = first or response
+
+    def fetch_page(
+        page_request: PageRequest, conditions: dict[str, str] | None
+    ) -> tuple[httpx.Response, Page | None]:
+        """Fetch and parse one page. The page is None for a 304."""
+        now = clock()
+        response = fetch_keeping_rate_limit(
+            store, fetcher, page_request, conditions, now
+        )
         if response.status_code == 304:
-            report.not_modified = True
-            return first
-        page = _parse_page(connector, fetcher, listing, request, response)
-        _store_page(store, connector, listing, report, page, response, on_page, clock)
-        request = page.next
+            return response, None
+        page = _parse_page(connector, fetcher, listing, page_request, response)
+        _set_aside_bad_records(page)
+        return response, page
+
+    # The next page is fetched and parsed while this one is stored.
+    with store.connection() as connection, PageFetches(fetch_page) as pages:
+        while request is not None:
+            _check_not_seen(listing, request, seen)
+            response, page = pages.get(request, validators if first is None else None)
+            first = first or response
+            if page is None:
+                report.not_modified = True
+                return first
+            if page.next is not None and page.next not in seen:
+                pages.fetch_ahead(page.next)
+            _store_page(
+                store.session(connection),
+                connector,
+                fetcher,
+                listing,
+                report,
+                page,
+                response,
+                on_page,
+                clock,
+            )
+            request = page.next
     return first
 
 
+def _check_not_seen(listing: str, request: PageRequest, seen: set[PageRequest]) -> None:
+    """Add ``request`` to ``seen``, or raise ResponseError if it is there already."""
+    if request in seen:
+        raise ResponseError(
+            f"the next page of {listing} is one already read in this run "
+            f"({request.url}); the provider's pagination loops"
+        )
+    seen.add(request)
+
+
 def _store_page(
-    store: Store,
+    transaction: AbstractContextManager[Session],
     connector: Connector,
+    fetcher: Fetcher,
     listing: str,
     report: RunReport,
     page: Page,
@@ -142,9 +179,13 @@ def _store_page(
     on_page: PageHook | None,
     clock: Callable[[], datetime],
 ) -> None:
-    """Commit one page's events, quarantined items and progress, then count them."""
-    _set_aside_bad_records(page)
-    with store.session() as session:
+    """Commit one page, with its progress and rate-limit state, then count it.
+
+    The transaction (a :meth:`Store.session`) contains the page's events and
+    quarantined items, the ``on_page`` writes and the fetcher's rate-limit
+    state.
+    """
+    with transaction as session:
         seen_at = clock()
         result = record_events(
             session, connector.provider.name, report.source, page.records, seen_at
@@ -154,6 +195,9 @@ def _store_page(
         )
         if on_page is not None:
             on_page(session, page, response)
+        # Last, so a transaction waits for no other lock while holding this row.
+        name = connector.provider.name
+        save_rate_limit(session, name, fetcher.rate_limit_state(), seen_at)
     report.add(result, page.records)
     _note_quarantined(connector, listing, report, page)
     report.notes.extend(page.notes)

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 
 from syncd.gaps import open_gaps
 from syncd.models import Cursor, Delivery, Event, Run, SourceStats, UTCDateTime
 from syncd.outbox import idempotency_key
 from syncd.quarantine import quarantine_summary
-from syncd.store import Store
-from syncd.units import to_utc_iso
+from syncd.rate_limit_state import load_rate_limit
+from syncd.store import SOURCES, Store
+from syncd.units import parse_time, to_utc_iso
 
 
 def event_to_json(event: Event) -> dict[str, Any]:
@@ -79,7 +80,16 @@ def find_event(store: Store, ref: str, provider: str | None = None) -> list[Even
 
 @dataclass
 class ProviderStatus:
-    """The figures ``syncd status`` shows for one provider."""
+    """The figures ``syncd status`` shows for one provider.
+
+    ``events_last_hour`` and ``events_last_day`` count the entries logged in
+    that time, by the stream that brought each first. ``cursor_lag_seconds``
+    is the time from each cursor's high-water mark (a provider time) to the
+    status time, None before the first completed poll. ``missed_webhook_rate``
+    is the share of logged entries that reconcile recovered, for providers
+    that receive webhooks and have logged any. ``rate_limit`` is the state
+    saved by the last run (see ``syncd.rate_limit_state``).
+    """
 
     name: str
     mode: str
@@ -94,18 +104,25 @@ class ProviderStatus:
     open_gaps: list[dict[str, Any]] = field(default_factory=list)
     quarantined: int = 0
     latest_quarantined: list[dict[str, Any]] = field(default_factory=list)
+    events_logged: int = 0
+    events_last_hour: dict[str, int] = field(default_factory=dict)
+    events_last_day: dict[str, int] = field(default_factory=dict)
+    missed_webhook_rate: float | None = None
+    cursor_lag_seconds: dict[str, float | None] = field(default_factory=dict)
+    rate_limit: dict[str, Any] | None = None
 
 
-def provider_status(store: Store, name: str, mode: str) -> ProviderStatus:
-    """Collect the status of one provider from the log and its run records."""
+def provider_status(
+    store: Store, name: str, mode: str, now: datetime | None = None
+) -> ProviderStatus:
+    """Collect the status of one provider from the log and its run records.
+
+    ``now`` is the time that recent counts and cursor lags are measured from.
+    """
+    now = now or datetime.now(UTC)
     status = ProviderStatus(name=name, mode=mode)
     with store.session() as session:
-        counts = session.execute(
-            select(Event.first_source, func.count())
-            .where(Event.provider == name)
-            .group_by(Event.first_source)
-        ).all()
-        status.events_by_source = {source: n for source, n in counts}
+        _count_events(session, status, now)
         for row in session.execute(
             select(SourceStats).where(SourceStats.provider == name)
         ).scalars():
@@ -120,8 +137,17 @@ def provider_status(store: Store, name: str, mode: str) -> ProviderStatus:
         ).scalars():
             if not cursor.listing.startswith("@"):
                 status.cursors[cursor.listing] = json.loads(cursor.state)
+        status.rate_limit = load_rate_limit(session, name)
+    status.cursor_lag_seconds = {
+        listing: _lag(state.get("high_water"), now)
+        for listing, state in status.cursors.items()
+    }
     if mode != "polling":
         status.missed_webhooks_recovered = status.events_by_source.get("reconcile", 0)
+        if status.events_logged:
+            status.missed_webhook_rate = (
+                status.missed_webhooks_recovered / status.events_logged
+            )
     status.open_gaps = [
         {
             "listing": gap.listing,
@@ -134,6 +160,37 @@ def provider_status(store: Store, name: str, mode: str) -> ProviderStatus:
     ]
     status.quarantined, status.latest_quarantined = quarantine_summary(store, name)
     return status
+
+
+def _count_events(session: Any, status: ProviderStatus, now: datetime) -> None:
+    """Count a provider's entries by first source: in all, last day, last hour.
+
+    One pass over the provider's entries gives all three counts.
+    """
+    day_ago, hour_ago = now - timedelta(days=1), now - timedelta(hours=1)
+    rows = session.execute(
+        select(
+            Event.first_source,
+            func.count(),
+            func.sum(case((Event.first_seen_at >= day_ago, 1), else_=0)),
+            func.sum(case((Event.first_seen_at >= hour_ago, 1), else_=0)),
+        )
+        .where(Event.provider == status.name)
+        .group_by(Event.first_source)
+    ).all()
+    status.events_last_day = dict.fromkeys(SOURCES, 0)
+    status.events_last_hour = dict.fromkeys(SOURCES, 0)
+    for source, total, last_day, last_hour in rows:
+        status.events_by_source[source] = total
+        status.events_last_day[source] = int(last_day or 0)
+        status.events_last_hour[source] = int(last_hour or 0)
+    status.events_logged = sum(status.events_by_source.values())
+
+
+def _lag(high_water: str | None, now: datetime) -> float | None:
+    if not high_water:
+        return None
+    return (now - parse_time(high_water)).total_seconds()
 
 
 def _last_run(session: Any, name: str, kind: str) -> dict[str, Any] | None:

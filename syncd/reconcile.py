@@ -14,14 +14,14 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 import httpx
 from sqlalchemy import delete, select
 
 from connectors.base import Connector, Window
-from syncd.errors import ProviderError, StoreUnavailableError
+from syncd.errors import ProviderError, StoppingError, StoreUnavailableError
 from syncd.fetch import Fetcher
 from syncd.gaps import GapNotice, record_gap, resolve_gap
 from syncd.metrics import Metrics
@@ -35,6 +35,19 @@ log = logging.getLogger(__name__)
 
 KEEP_RUNS = 1000  # run records kept per provider and kind
 ORIGIN_LISTING = "@origin"  # cursor row that records a provider's first start
+
+
+REPEAT_LOG_SECONDS = 3600.0  # between ERROR lines of one repeated failure
+
+
+@dataclass
+class _Repeats:
+    """A run failure seen again and again, counted between its log lines."""
+
+    failure: tuple[str, str | None]
+    since: float
+    logged_at: float
+    count: int = 1
 
 
 class ProviderRunner:
@@ -58,6 +71,10 @@ class ProviderRunner:
         self.clock = clock
         self.sleep = sleep
         self.budgets = budgets or RateBudgets(clock)
+        # When runs began to fail because the store was unavailable.
+        self._store_down_since: datetime | None = None
+        self._repeats: _Repeats | None = None
+        self._failed_on_store = False
 
     @property
     def name(self) -> str:
@@ -211,13 +228,34 @@ class ProviderRunner:
     def _guarded(
         self, run: Callable[[], RunReport], failed: RunReport, fetcher: Fetcher
     ) -> RunReport:
+        return self._run_with_status(run, failed, fetcher)[0]
+
+    def _run_with_status(
+        self, run: Callable[[], RunReport], failed: RunReport, fetcher: Fetcher
+    ) -> tuple[RunReport, str]:
+        """Call ``run``; return its report and status: ok, failed or stopped.
+
+        On an error ``failed`` is returned with the error's message.
+        """
+        status = "failed"
+        self._failed_on_store = False
         try:
             report = run()
-        except (ProviderError, StoreUnavailableError) as exc:
+        except StoppingError as exc:
+            failed.error = str(exc)
+            report, status = failed, "stopped"
+        except StoreUnavailableError as exc:
             failed.error = str(exc)
             report = failed
+            self._failed_on_store = True
+        except ProviderError as exc:
+            failed.error = str(exc)
+            report = failed
+        else:
+            if report.ok:
+                status = "ok"
         report.requests = fetcher.requests
-        return report
+        return report, status
 
     def _recorded(
         self,
@@ -231,13 +269,13 @@ class ProviderRunner:
         started_at = self._now()
         record_id = self._open_run(kind, trigger, started_at, window)
         empty = RunReport(self.name, kind, kind, window or Window(None, started_at))
-        report = self._guarded(run, empty, fetcher)
+        report, status = self._run_with_status(run, empty, fetcher)
         self.metrics.rate_limit_waits.labels(self.name).inc(fetcher.rate_limit_waits)
         self.metrics.rate_limit_wait_seconds.labels(self.name).inc(
             fetcher.rate_limit_wait_seconds
         )
-        self._close_run(record_id, report)
-        self._log_and_count(report)
+        self._close_run(record_id, report, status)
+        self._log_and_count(report, status)
         return report
 
     def _open_run(
@@ -256,11 +294,11 @@ class ProviderRunner:
                 session.add(run)
                 session.flush()
                 return run.id
-        except StoreUnavailableError as exc:
-            log.error("%s: cannot record the %s run: %s", self.name, kind, exc)
+        except StoreUnavailableError:
+            # The run meets the same outage and reports it; see _log_outage.
             return None
 
-    def _close_run(self, record_id: int | None, report: RunReport) -> None:
+    def _close_run(self, record_id: int | None, report: RunReport, status: str) -> None:
         if record_id is None:
             return
         try:
@@ -270,7 +308,7 @@ class ProviderRunner:
                 if report.skipped:
                     session.delete(run)
                     return
-                run.status = "ok" if report.ok else "failed"
+                run.status = status
                 run.finished_at = self._now()
                 run.window_since = report.window.since
                 run.window_until = report.window.until
@@ -297,20 +335,78 @@ class ProviderRunner:
             )
         )
 
-    def _log_and_count(self, report: RunReport) -> None:
+    def _log_failure(self, report: RunReport) -> None:
+        """Log a failed run at ERROR, and the same failure again once an hour.
+
+        A provider that answers 401 to every poll would otherwise add one
+        ERROR line per poll_interval until its token is fixed.
+        """
+        now = self.clock()
+        failure = (report.kind, report.error)
+        repeats = self._repeats
+        if repeats is not None and repeats.failure == failure:
+            repeats.count += 1
+            if now - repeats.logged_at < REPEAT_LOG_SECONDS:
+                return
+            log.error(
+                "%s: %s run still failing: %s (%d failed runs since %s)",
+                self.name,
+                report.kind,
+                report.error,
+                repeats.count,
+                to_utc_iso(datetime.fromtimestamp(repeats.since, UTC)),
+            )
+            repeats.logged_at = now
+            return
+        log.error("%s: %s run failed: %s", self.name, report.kind, report.error)
+        self._repeats = _Repeats(failure, since=now, logged_at=now)
+
+    def _log_outage(self, report: RunReport) -> bool:
+        """Log a store outage once when it starts and once when it ends.
+
+        Return True when ``report`` failed because of the outage, so that
+        each failed run during a long outage adds no line of its own.
+        """
+        if self._failed_on_store:
+            if self._store_down_since is None:
+                self._store_down_since = self._now()
+                log.warning(
+                    "%s: %s run failed because the event store is unavailable: "
+                    "%s. Runs fail until it is back, and the next one continues "
+                    "from the committed cursor",
+                    self.name,
+                    report.kind,
+                    report.error,
+                )
+            return True
+        if self._store_down_since is not None:
+            log.info(
+                "%s: runs reach the event store again; it was unavailable since %s",
+                self.name,
+                to_utc_iso(self._store_down_since),
+            )
+            self._store_down_since = None
+        return False
+
+    def _log_and_count(self, report: RunReport, status: str) -> None:
         if report.skipped:
             log.debug("%s: poll skipped until the server's interval passes", self.name)
             return
-        outcome = "ok" if report.ok else "failed"
-        self.metrics.runs.labels(self.name, report.kind, outcome).inc()
+        self.metrics.runs.labels(self.name, report.kind, status).inc()
         self.metrics.run_seconds.labels(self.name, report.kind).observe(report.seconds)
         for kind, counts in report.by_type.items():
             self.metrics.events_logged.labels(self.name, report.source).inc(counts.new)
             if self.connector.provider.webhooks_enabled and report.kind == "reconcile":
                 self.metrics.missed_recovered.labels(self.name, kind).inc(counts.new)
-        if not report.ok:
-            log.error("%s: %s run failed: %s", self.name, report.kind, report.error)
+        if status == "stopped":
+            log.info("%s: %s run stopped: %s", self.name, report.kind, report.error)
             return
+        if self._log_outage(report):
+            return
+        if not report.ok:
+            self._log_failure(report)
+            return
+        self._repeats = None
         if self.connector.provider.webhooks_enabled and report.kind == "reconcile":
             for kind, counts in report.by_type.items():
                 if counts.new:

@@ -9,7 +9,7 @@ from typing import Any
 
 from connectors.base import Connector
 from connectors.registry import load_connector
-from syncd.config import Config
+from syncd.config import Config, ProviderConfig
 from syncd.metrics import Metrics
 from syncd.outbox import RetryPolicy, SinkRoute
 from syncd.store import Store
@@ -31,13 +31,18 @@ class Runtime:
         store = Store(config.daemon.database)
         store.sink_routes = [route_of(sink) for sink in config.sinks.values()]
         connectors = {
-            name: load_connector(provider.connector)(provider)
+            name: build_connector(provider)
             for name, provider in config.providers.items()
         }
         return cls(config=config, store=store, connectors=connectors, clock=clock)
 
     def close(self) -> None:
         self.store.dispose()
+
+
+def build_connector(provider: ProviderConfig) -> Connector:
+    """Return the connector for one provider's validated configuration."""
+    return load_connector(provider.connector)(provider)
 
 
 def route_of(sink: Any) -> SinkRoute:

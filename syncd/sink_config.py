@@ -55,6 +55,16 @@ class SinkConfig(BaseModel):
     max_age: Duration = timedelta(days=3)
     ordering: Literal["resource", "none"] = "resource"
 
+    @field_validator("types")
+    @classmethod
+    def _check_types(cls, value: list[str]) -> list[str]:
+        if any(not pattern.strip() for pattern in value):
+            raise ValueError(
+                "an empty pattern matches no event type; remove it, or write "
+                "a type or a pattern such as 'invoice.*'"
+            )
+        return value
+
     @field_validator("timeout")
     @classmethod
     def _check_timeout(cls, value: timedelta) -> timedelta:

@@ -1,8 +1,9 @@
 """Database engine, sessions, and the insert-or-count write path of the log.
 
 Deduplication is done by the database: one ``INSERT … ON CONFLICT (provider,
-key) DO UPDATE`` per batch, which stores a new event or counts a duplicate in
-one statement, so two concurrent deliveries of one event cannot both insert.
+key) DO UPDATE`` per batch (per 100 rows on SQLite), which stores a new event
+or counts a duplicate in one statement, so two concurrent deliveries of one
+event cannot both insert. The statements are in :mod:`syncd.upsert`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
-    bindparam,
     create_engine,
     event,
     func,
@@ -29,14 +29,14 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from connectors.base import EventRecord
 from syncd.errors import ConfigError, StoreUnavailableError
-from syncd.models import Cursor, Event, SourceStats
+from syncd.models import Cursor, Event
 from syncd.outbox import SinkRoute, create_deliveries
+from syncd.upsert import upsert_events
 
 log = logging.getLogger(__name__)
 
@@ -94,16 +94,33 @@ class Store:
             ) from exc
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
+    def session(self, connection: Connection | None = None) -> Iterator[Session]:
         """Open a session whose transaction commits on success.
 
-        Database failures are raised as StoreUnavailableError.
+        With ``connection`` (from :meth:`connection`) the transaction runs on
+        it, and no connection is checked out of the pool. Database failures
+        are raised as StoreUnavailableError.
         """
         try:
-            with Session(self.engine, expire_on_commit=False) as session:
+            bind = self.engine if connection is None else connection
+            with Session(bind, expire_on_commit=False) as session:
                 session.info["sink_routes"] = self.sink_routes
                 with session.begin():
                     yield session
+        except (DBAPIError, OSError) as exc:
+            raise StoreUnavailableError(f"database error: {_short(exc)}") from exc
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """Check out one connection for a series of transactions.
+
+        A listing run commits each page on it, which saves a pool checkout per
+        page, and on PostgreSQL the round trip of its ``pool_pre_ping``.
+        Database failures are raised as StoreUnavailableError.
+        """
+        try:
+            with self.engine.connect() as connection:
+                yield connection
         except (DBAPIError, OSError) as exc:
             raise StoreUnavailableError(f"database error: {_short(exc)}") from exc
 
@@ -178,17 +195,12 @@ def record_events(
 
     dialect = session.get_bind().dialect.name
     _take_write_lock(session, dialect)
-    rows = [_row(provider, source, record, seen_at) for record in unique.values()]
     # Rows are matched by key, not by position, so the RETURNING rows may
-    # come in any order. Not asking SQLAlchemy for parameter order lets it
-    # send the batch as one multi-row INSERT instead of one per row.
+    # come in any order.
     connection = session.connection()
-    returned = {
-        key: (offset, duplicates)
-        for key, offset, duplicates in connection.execute(
-            _upsert(dialect, source), rows
-        )
-    }
+    returned = upsert_events(
+        connection, provider, source, list(unique.values()), len(records), seen_at
+    )
     for record in unique.values():
         offset, duplicates = returned[record.key]
         if duplicates == 0:
@@ -196,7 +208,8 @@ def record_events(
             result.new_offsets.append(offset)
         else:
             result.duplicates.append(record)
-    _count_batch_repeats(session, provider, records)
+    if len(unique) < len(records):
+        _count_batch_repeats(session, provider, records)
     routes = session.info.get("sink_routes")
     if routes and result.new:
         new = zip(result.new_offsets, result.new, strict=True)
@@ -207,10 +220,6 @@ def record_events(
             [(offset, r.type, r.resource) for offset, r in new],
             seen_at,
         )
-
-    _count_arrivals(
-        connection, dialect, provider, source, len(records), result, seen_at
-    )
     return result
 
 
@@ -228,45 +237,6 @@ def _count_batch_repeats(
             )
 
 
-def _row(provider: str, source: str, record: EventRecord, seen_at: datetime) -> dict:
-    stream = "webhook_seen_at" if source == "webhook" else "poll_seen_at"
-    row = {
-        "provider": provider,
-        "key": record.key,
-        "type": record.type,
-        "occurred_at": record.occurred_at,
-        "first_seen_at": seen_at,
-        "first_source": source,
-        "webhook_seen_at": None,
-        "poll_seen_at": None,
-        "duplicates": 0,
-        "resource": record.resource,
-        "version": record.version,
-        "payload": record.payload,
-    }
-    row[stream] = seen_at
-    return row
-
-
-@functools.cache
-def _upsert(dialect: str, source: str) -> Any:
-    """Build the insert-or-count statement once per dialect and source.
-
-    Reusing one statement object also reuses SQLAlchemy's cache key for it.
-    """
-    module = postgresql if dialect == "postgresql" else sqlite
-    table = Event.__table__
-    statement = module.insert(table)
-    stream = "webhook_seen_at" if source == "webhook" else "poll_seen_at"
-    return statement.on_conflict_do_update(
-        index_elements=["provider", "key"],
-        set_={
-            "duplicates": table.c.duplicates + 1,
-            stream: func.coalesce(table.c[stream], statement.excluded[stream]),
-        },
-    ).returning(table.c.key, table.c.offset, table.c.duplicates)
-
-
 @functools.cache
 def _write_lock(dialect: str) -> Any:
     return select(func.pg_advisory_xact_lock(_WRITE_LOCK_ID))
@@ -275,46 +245,6 @@ def _write_lock(dialect: str) -> Any:
 def _take_write_lock(session: Session, dialect: str) -> None:
     if dialect == "postgresql":
         session.execute(_write_lock(dialect))
-
-
-@functools.cache
-def _arrivals_upsert(dialect: str) -> Any:
-    module = postgresql if dialect == "postgresql" else sqlite
-    table = SourceStats.__table__
-    statement = module.insert(table).values(
-        provider=bindparam("provider"),
-        source=bindparam("source"),
-        received=bindparam("received"),
-        duplicates=bindparam("duplicates"),
-        last_at=bindparam("last_at", type_=table.c.last_at.type),
-    )
-    return statement.on_conflict_do_update(
-        index_elements=["provider", "source"],
-        set_={
-            "received": table.c.received + statement.excluded.received,
-            "duplicates": table.c.duplicates + statement.excluded.duplicates,
-            "last_at": statement.excluded.last_at,
-        },
-    )
-
-
-def _count_arrivals(
-    connection: Connection,
-    dialect: str,
-    provider: str,
-    source: str,
-    received: int,
-    result: WriteResult,
-    seen_at: datetime,
-) -> None:
-    parameters = {
-        "provider": provider,
-        "source": source,
-        "received": received,
-        "duplicates": len(result.duplicates),
-        "last_at": seen_at,
-    }
-    connection.execute(_arrivals_upsert(dialect), parameters)
 
 
 def load_cursor(session: Session, provider: str, listing: str) -> dict[str, Any]:

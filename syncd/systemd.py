@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -67,13 +67,24 @@ def watchdog_interval() -> float | None:
     return int(usec) / 2 / 1_000_000
 
 
-async def ping_watchdog(interval: float) -> None:
+async def ping_watchdog(
+    interval: float, dead_part: Callable[[], str | None] = lambda: None
+) -> None:
     """Send ``WATCHDOG=1`` every ``interval`` seconds until cancelled.
 
     It runs as a task on the server's event loop, so a blocked loop stops
-    the pings and systemd restarts the service after WatchdogSec.
+    the pings and systemd restarts the service after WatchdogSec. The pings
+    also stop for good once ``dead_part`` names a part of the daemon that
+    has ended, such as the thread that commits webhooks.
     """
     while True:
+        part = dead_part()
+        if part is not None:
+            log.error(
+                "%s has stopped; watchdog pings end so that systemd restarts syncd",
+                part,
+            )
+            return
         notify("WATCHDOG=1")
         await asyncio.sleep(interval)
 
@@ -144,6 +155,7 @@ def render_unit(
         "Type=notify",
         "NotifyAccess=main",
         f"ExecStart={executable} run -c {config_path}",
+        "ExecReload=/bin/kill -HUP $MAINPID",
         f"WatchdogSec={WATCHDOG_SEC}s",
         "Restart=on-failure",
         "RestartSec=5s",

@@ -4,16 +4,19 @@ Each webhook request hands its events to one writer thread and waits. The
 thread takes every request waiting at that moment, stores them in one
 transaction, commits, and only then resolves each request's future, so a
 2xx is never sent before the commit and concurrent requests share one fsync.
+Requests that wait in an event loop (:meth:`BatchWriter.write`) are woken
+with one call into their loop per batch, not one per request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session
@@ -25,12 +28,23 @@ from syncd.store import Store, WriteResult, record_events
 log = logging.getLogger(__name__)
 
 
+# The outcome of a queued write: its result, or the error that failed it.
+Outcome = WriteResult | BaseException
+
+
 @dataclass
 class _Item:
+    """One queued write, and the future that its waiter waits on.
+
+    ``future`` serves :meth:`BatchWriter.submit` and ``waiter`` (an asyncio
+    future) serves :meth:`BatchWriter.write`; one of them is set.
+    """
+
     provider: str
     source: str
     records: Sequence[EventRecord]
-    future: Future[WriteResult] = field(default_factory=Future)
+    future: Future[WriteResult] | None = None
+    waiter: asyncio.Future[WriteResult] | None = None
 
 
 class BatchWriter:
@@ -55,6 +69,9 @@ class BatchWriter:
     def start(self) -> None:
         self._thread.start()
 
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
     def stop(self) -> None:
         """Commit what is queued, then end the thread."""
         self._queue.put(None)
@@ -64,9 +81,23 @@ class BatchWriter:
         self, provider: str, source: str, records: Sequence[EventRecord]
     ) -> Future[WriteResult]:
         """Queue records; the future resolves once they are committed."""
-        item = _Item(provider, source, records)
+        future: Future[WriteResult] = Future()
+        self._enqueue(_Item(provider, source, records, future=future))
+        return future
+
+    async def write(
+        self, provider: str, source: str, records: Sequence[EventRecord]
+    ) -> WriteResult:
+        """Queue records and return their result once they are committed.
+
+        Raises StoreUnavailableError when the batch could not be committed.
+        """
+        waiter: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Item(provider, source, records, waiter=waiter))
+        return await waiter
+
+    def _enqueue(self, item: _Item) -> None:
         self._queue.put(item)
-        return item.future
 
     def _run(self) -> None:
         while True:
@@ -98,25 +129,23 @@ class BatchWriter:
                 results = _record_batch(session, batch, seen_at)
         except StoreUnavailableError as exc:
             self._report_outage(exc)
-            for item in batch:
-                item.future.set_exception(exc)
+            _settle(batch, [exc] * len(batch))
             return
         except Exception as exc:  # noqa: BLE001 - every waiting request must hear back
             log.exception("writing a batch of %d webhooks failed", len(batch))
-            for item in batch:
-                item.future.set_exception(StoreUnavailableError(str(exc)))
+            _settle(batch, [StoreUnavailableError(str(exc))] * len(batch))
             return
 
         self._report_recovery()
-        for item, result in zip(batch, results, strict=True):
-            if self.on_commit is not None:
+        if self.on_commit is not None:
+            for item, result in zip(batch, results, strict=True):
                 # The events are committed, so a failing hook must neither
                 # withhold the 2xx nor end this thread.
                 try:
                     self.on_commit(item.provider, item.source, result)
                 except Exception:  # noqa: BLE001 - logged; the commit stands
                     log.exception("on_commit hook failed for %s", item.provider)
-            item.future.set_result(result)
+        _settle(batch, list(results))
 
     def _report_outage(self, exc: Exception) -> None:
         if not self._store_down:
@@ -127,6 +156,40 @@ class BatchWriter:
         if self._store_down:
             log.warning("store available again")
         self._store_down = False
+
+
+def _settle(batch: list[_Item], outcomes: list[Outcome]) -> None:
+    """Hand each item its outcome, with one call into each waiting event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Item, Outcome]]] = {}
+    for item, outcome in zip(batch, outcomes, strict=True):
+        if item.waiter is not None:
+            by_loop.setdefault(item.waiter.get_loop(), []).append((item, outcome))
+        elif item.future is not None and not item.future.cancelled():
+            _set_outcome(item.future, outcome)
+    for loop, pairs in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle_waiters, pairs)
+        except RuntimeError:
+            # The loop is closed, so no request waits in it any more.
+            log.debug("an event loop closed before %d writes were settled", len(pairs))
+
+
+def _settle_waiters(pairs: list[tuple[_Item, Outcome]]) -> None:
+    """Set the waiters' outcomes. Runs in the waiters' event loop."""
+    for item, outcome in pairs:
+        assert item.waiter is not None
+        # A request cancelled while it waited (its client left) is skipped.
+        if not item.waiter.done():
+            _set_outcome(item.waiter, outcome)
+
+
+def _set_outcome(
+    future: Future[WriteResult] | asyncio.Future[WriteResult], outcome: Outcome
+) -> None:
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 def _record_batch(

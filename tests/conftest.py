@@ -8,6 +8,7 @@ collide, and each PostgreSQL test starts from empty tables.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from sqlalchemy import text
 from sqlmodel import SQLModel
 
 from syncd.store import Store
+from tests.e2e.sink_server import SinkServer
 
 POSTGRES_URL = os.environ.get("SYNCD_TEST_DATABASE_URL")
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -64,3 +66,21 @@ def store(database_url: str) -> Iterator[Store]:
     opened = Store(database_url)
     yield opened
     opened.dispose()
+
+
+@pytest.fixture
+def sink_server() -> Iterator[SinkServer]:
+    """Serve an HTTP receiver for sinks on a free loopback port."""
+    server = SinkServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Undo the root logger set-up that every ``syncd`` invocation does."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

@@ -16,7 +16,12 @@ from click.testing import CliRunner, Result
 
 from connectors.base import EventRecord
 from syncd.cli import main
+from syncd.gaps import GapNotice, record_gap
+from syncd.models import Run
+from syncd.outbox import SinkRoute
+from syncd.rate_limit_state import save_rate_limit
 from syncd.store import Store, record_events, save_cursor
+from syncd.units import parse_time, to_utc_iso
 
 T0 = datetime(2024, 5, 1, 10, 0, 0, 123456, tzinfo=UTC)
 API_TOKEN = "sk_test_INLINE_TOKEN"
@@ -70,7 +75,7 @@ def write_config(directory: Path) -> Path:
     path.write_text(
         f"""
 [daemon]
-database = "sqlite:///{directory / 'syncd.db'}"
+database = "sqlite:///{directory / "syncd.db"}"
 
 [providers.payments]
 connector = "stripe"
@@ -92,14 +97,22 @@ def log(tmp_path: Path) -> Iterator[Log]:
     config = write_config(tmp_path)
     store = Store(f"sqlite:///{tmp_path / 'syncd.db'}")
     batches = [
-        ("payments", "webhook", [
-            make_record("evt_1", "invoice.paid", RICH_PAYLOAD),
-            make_record("evt_2", "customer.created"),
-        ]),
-        ("payments", "poll", [
-            make_record("evt_1", "invoice.paid", RICH_PAYLOAD),
-            make_record("evt_3", "invoice.paid"),
-        ]),
+        (
+            "payments",
+            "webhook",
+            [
+                make_record("evt_1", "invoice.paid", RICH_PAYLOAD),
+                make_record("evt_2", "customer.created"),
+            ],
+        ),
+        (
+            "payments",
+            "poll",
+            [
+                make_record("evt_1", "invoice.paid", RICH_PAYLOAD),
+                make_record("evt_3", "invoice.paid"),
+            ],
+        ),
         ("payments", "reconcile", [make_record("evt_4", "invoice.voided")]),
         ("shop", "poll", [make_record("order_1", "invoice.paid")]),
     ]
@@ -189,6 +202,7 @@ def test_list_json_first_source(log: Log) -> None:
 def test_list_empty_log(tmp_path: Path) -> None:
     """An empty log lists as an empty JSON array."""
     config = write_config(tmp_path)
+    Store(f"sqlite:///{tmp_path / 'syncd.db'}").dispose()
 
     result = invoke("events", "list", "-c", str(config), "--json")
 
@@ -324,6 +338,35 @@ def test_show_provider_option(log: Log, tmp_path: Path) -> None:
     assert entry["type"] == "orders.create"
 
 
+def test_show_ambiguous_key(log: Log, tmp_path: Path) -> None:
+    """A key logged by two providers exits 1 naming both, not two documents."""
+    store = Store(f"sqlite:///{tmp_path / 'syncd.db'}")
+    try:
+        with store.session() as session:
+            record = make_record("evt_2", "orders.create")
+            record_events(session, "shop", "poll", [record], T0)
+    finally:
+        store.dispose()
+
+    result = invoke("events", "show", "-c", str(log.config), "evt_2")
+
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert "2 log entries match 'evt_2'" in result.stderr
+    assert "payments evt_2" in result.stderr
+    assert "shop evt_2" in result.stderr
+    assert "--provider" in result.stderr
+
+
+def test_list_unknown_provider_warns(log: Log) -> None:
+    """A --provider the configuration does not define gets a warning."""
+    result = invoke("events", "list", "-c", str(log.config), "--provider", "nosuch")
+
+    assert result.exit_code == 0
+    assert "no provider 'nosuch' in the configuration" in result.stderr
+    assert "configured: payments, shop" in result.stderr
+
+
 # events tail
 
 
@@ -408,6 +451,276 @@ def test_status_hides_secrets(log: Log) -> None:
         assert WEBHOOK_SECRET not in result.output
 
 
+# status figures measured from the time of the command
+
+
+@dataclass
+class RecentLog:
+    """A configuration whose log was written relative to ``now``."""
+
+    config: Path
+    now: datetime
+    high_water: datetime
+    blocked_until: datetime
+
+
+RECENT_CONFIG = """
+[daemon]
+database = "sqlite:///DIRECTORY/syncd.db"
+
+[providers.payments]
+connector = "stripe"
+api_token = "sk_test_x"
+webhook_secret = "whsec_x"
+
+[providers.shop]
+connector = "stripe"
+api_token = "sk_test_x"
+
+[sinks.archive]
+kind = "jsonl"
+path = "DIRECTORY/archive.jsonl"
+"""
+
+
+def write_recent_config(directory: Path) -> Path:
+    path = directory / "config.toml"
+    path.write_text(RECENT_CONFIG.replace("DIRECTORY", str(directory)))
+    return path
+
+
+def record_at(store: Store, provider: str, source: str, keys: str, seen_at: datetime):
+    with store.session() as session:
+        records = [make_record(key, "invoice.paid") for key in keys.split()]
+        record_events(session, provider, source, records, seen_at)
+
+
+@pytest.fixture
+def recent(tmp_path: Path) -> Iterator[RecentLog]:
+    """Return a log with entries, runs, a cursor, a gap and a rate limit.
+
+    payments (webhooks): webhook entries 10 minutes (2) and 5 hours (1) old,
+    reconcile entries 30 minutes, 90 minutes and 25 hours old, so that each
+    window's edge lies between two entries. shop (polling): one
+    poll entry 2 hours old, a cursor 7.5 minutes behind, a failed poll, an
+    open gap and a rate-limit wait. Every entry is pending for the sink.
+    """
+    config = write_recent_config(tmp_path)
+    now = datetime.now(UTC)
+    high_water = now - timedelta(minutes=7, seconds=30)
+    blocked_until = now + timedelta(minutes=20)
+    store = Store(f"sqlite:///{tmp_path / 'syncd.db'}")
+    store.sink_routes = [SinkRoute("archive", (), ())]
+    try:
+        record_at(store, "payments", "webhook", "w3", now - timedelta(hours=5))
+        record_at(store, "payments", "webhook", "w1 w2", now - timedelta(minutes=10))
+        record_at(store, "payments", "reconcile", "r1", now - timedelta(minutes=30))
+        record_at(store, "payments", "reconcile", "r2", now - timedelta(minutes=90))
+        record_at(store, "payments", "reconcile", "r3", now - timedelta(hours=25))
+        record_at(store, "shop", "poll", "p1", now - timedelta(hours=2))
+        with store.session() as session:
+            session.add(
+                Run(
+                    provider="payments",
+                    kind="reconcile",
+                    trigger="schedule",
+                    status="ok",
+                    started_at=now - timedelta(minutes=20),
+                    listed=30,
+                    new=1,
+                )
+            )
+            session.add(
+                Run(
+                    provider="shop",
+                    kind="poll",
+                    trigger="schedule",
+                    status="failed",
+                    started_at=now - timedelta(minutes=1),
+                    error="GET http://127.0.0.1:9/v1/events returned 500",
+                )
+            )
+            save_cursor(
+                session, "shop", "events", {"high_water": to_utc_iso(high_water)}, now
+            )
+            save_rate_limit(session, "shop", rate_limit_state(now, blocked_until), now)
+        notice = GapNotice(
+            "events", T0, T0 + timedelta(days=1), "older than the retention", False
+        )
+        record_gap(store, "shop", notice, now)
+    finally:
+        store.dispose()
+    yield RecentLog(config, now, high_water, blocked_until)
+
+
+def rate_limit_state(now: datetime, blocked_until: datetime) -> dict[str, Any]:
+    return {
+        "observed_at": to_utc_iso(now - timedelta(minutes=1)),
+        "remaining": 0,
+        "limit": 5000,
+        "reset_at": to_utc_iso(blocked_until),
+        "blocked_until": to_utc_iso(blocked_until),
+        "reason": "X-RateLimit-Remaining is 0",
+    }
+
+
+def recent_json(recent: RecentLog) -> dict[str, Any]:
+    result = invoke("status", "-c", str(recent.config), "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def recent_providers(recent: RecentLog) -> dict[str, dict[str, Any]]:
+    return {item["name"]: item for item in recent_json(recent)["providers"]}
+
+
+def test_status_json_recent_counts(recent: RecentLog) -> None:
+    """Entries are counted by first source over the last hour and day."""
+    payments = recent_providers(recent)["payments"]
+
+    assert payments["events_last_hour"] == {"webhook": 2, "poll": 0, "reconcile": 1}
+    assert payments["events_last_day"] == {"webhook": 3, "poll": 0, "reconcile": 2}
+    assert payments["events_logged"] == 6
+
+
+def test_status_json_recent_counts_per_provider(recent: RecentLog) -> None:
+    """Each provider counts only its own entries."""
+    shop = recent_providers(recent)["shop"]
+
+    assert shop["events_last_hour"] == {"webhook": 0, "poll": 0, "reconcile": 0}
+    assert shop["events_last_day"] == {"webhook": 0, "poll": 1, "reconcile": 0}
+
+
+def test_status_json_missed_webhook_rate(recent: RecentLog) -> None:
+    """The missed-webhook rate is reconcile entries over all entries logged."""
+    statuses = recent_providers(recent)
+
+    assert statuses["payments"]["missed_webhooks_recovered"] == 3
+    assert statuses["payments"]["missed_webhook_rate"] == pytest.approx(3 / 6)
+    assert statuses["shop"]["missed_webhook_rate"] is None
+
+
+def test_status_json_cursor_lag(recent: RecentLog) -> None:
+    """A cursor's lag is the status time minus its high-water mark."""
+    before = datetime.now(UTC)
+    data = recent_json(recent)
+    after = datetime.now(UTC)
+
+    shop = {item["name"]: item for item in data["providers"]}["shop"]
+    lag = shop["cursor_lag_seconds"]["events"]
+    generated_at = parse_time(data["generated_at"])
+    assert before <= generated_at <= after
+    assert lag == pytest.approx((generated_at - recent.high_water).total_seconds())
+    assert (before - recent.high_water).total_seconds() <= lag
+    assert lag <= (after - recent.high_water).total_seconds()
+
+
+def test_status_json_rate_limit(recent: RecentLog) -> None:
+    """The saved rate-limit state is shown as saved, apart from the cursors."""
+    shop = recent_providers(recent)["shop"]
+
+    assert shop["rate_limit"] == rate_limit_state(recent.now, recent.blocked_until)
+    assert list(shop["cursors"]) == ["events"]
+    assert recent_providers(recent)["payments"]["rate_limit"] is None
+
+
+def test_status_json_runs_and_gaps(recent: RecentLog) -> None:
+    """Last runs and open gaps keep their documented keys."""
+    statuses = recent_providers(recent)
+
+    last_reconcile = statuses["payments"]["last_reconcile"]
+    assert last_reconcile["status"] == "ok"
+    assert last_reconcile["listed"] == 30
+    assert last_reconcile["new"] == 1
+    assert statuses["shop"]["last_poll"]["status"] == "failed"
+    assert [gap["listing"] for gap in statuses["shop"]["open_gaps"]] == ["events"]
+
+
+def test_status_json_sink(recent: RecentLog) -> None:
+    """The sink item counts every entry as pending."""
+    (sink,) = recent_json(recent)["sinks"]
+
+    assert sink["name"] == "archive"
+    assert sink["kind"] == "jsonl"
+    assert sink["backlog"] == 7
+    assert sink["dead"] == 0
+
+
+def recent_table(recent: RecentLog, **env: str) -> str:
+    result = CliRunner().invoke(
+        main,
+        ["status", "-c", str(recent.config)],
+        prog_name="syncd",
+        env={"SYNCD_CONFIG": None, **env},
+    )
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def row_of(table: str, name: str) -> str:
+    """Return the first line of the table row that starts with ``name``."""
+    (line,) = [line for line in table.splitlines() if line.startswith(f"| {name} ")]
+    return line
+
+
+def test_status_table_provider_rows(recent: RecentLog) -> None:
+    """Piped status has one row per provider with its mode and figures."""
+    table = recent_table(recent)
+
+    payments, shop = row_of(table, "payments"), row_of(table, "shop")
+    assert "webhooks+reconcile" in payments
+    assert "10m ago" in payments
+    assert "ok 20m ago" in payments
+    assert "webhook 2 / 3" in payments
+    assert "3 of 6 (50.0%)" in payments
+    assert "polling" in shop
+    assert "failed 1m ago" in shop
+    assert "events 7m" in shop
+    assert "waiting 19m" in shop or "waiting 20m" in shop
+
+
+def test_status_table_cell_lines(recent: RecentLog) -> None:
+    """Second lines of cells contain the run counts and the other sources."""
+    table = recent_table(recent)
+
+    assert "listed 30, new 1" in table
+    assert "reconcile 1 / 2" in table
+    assert "0 of 5000 left" in table
+
+
+def test_status_table_sinks(recent: RecentLog) -> None:
+    """The sink table has the sink's kind, backlog and dead count."""
+    row = row_of(recent_table(recent), "archive")
+
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[:3] == ["archive", "jsonl", "7"]
+    assert cells[4:] == ["0", "0"]
+
+
+def test_status_table_notes(recent: RecentLog) -> None:
+    """Waits, failed runs and gaps are listed below the tables."""
+    lines = recent_table(recent).splitlines()
+
+    until = to_utc_iso(recent.blocked_until)
+    assert f"shop: rate limited until {until} (X-RateLimit-Remaining is 0)" in lines
+    failed = "shop: last poll failed: GET http://127.0.0.1:9/v1/events returned 500"
+    assert failed in lines
+    assert any(line.startswith("shop: GAP events: 2024-05-01T") for line in lines)
+
+
+@pytest.mark.parametrize("env", [{}, {"FORCE_COLOR": "1"}, {"TTY_COMPATIBLE": "1"}])
+def test_status_piped_has_no_escape_codes(
+    recent: RecentLog, env: dict[str, str]
+) -> None:
+    """Piped status is plain text, even where rich would force colour."""
+    table = recent_table(recent, **env)
+
+    assert "\x1b" not in table
+    assert "payments" in table
+    for line in table.splitlines():
+        assert line == line.rstrip()
+
+
 def test_missing_database_directory_exits(tmp_path: Path) -> None:
     """A database in a missing directory is a configuration error naming it."""
     missing = tmp_path / "missing"
@@ -471,3 +784,16 @@ def test_lone_surrogate_payload_printed(tmp_path: Path) -> None:
     assert json.loads(listed.stdout)[0]["payload"]["note"] == "\ud800"
     assert shown.exit_code == 0, shown.output
     assert tailed.exit_code == 0, tailed.output
+
+
+# reconcile
+
+
+def test_reconcile_since_future_rejected(tmp_path: Path) -> None:
+    """reconcile --since in the future exits 2 instead of an empty run."""
+    config = write_config(tmp_path)
+
+    result = invoke("reconcile", "-c", str(config), "--since", "2999-01-01T00:00:00Z")
+
+    assert result.exit_code == 2
+    assert "is in the future" in result.stderr

@@ -15,9 +15,12 @@ from syncd import units
 from syncd.cli import main
 from syncd.config import Config
 from syncd.errors import EXIT_CONFIG, ConfigError
+from syncd.store import Store
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STRIPE = '[providers.p]\nconnector = "stripe"\n'
+# A Stripe table that loads without problems.
+STRIPE_WITH_TOKEN = STRIPE + 'api_token = "sk_test_1"\n'
 NOW = datetime(2024, 5, 1, 10, 0, 0, tzinfo=UTC)
 
 # Variables of the outer environment that would change what a test loads.
@@ -105,6 +108,26 @@ def test_example_config_missing_secrets() -> None:
 # One problem at a time
 
 PROBLEM_CASES = [
+    pytest.param(
+        STRIPE + 'api_token = { env = "" }\n', "providers.p.api_token",
+        "env is empty", id="empty-env-name",
+    ),
+    pytest.param(
+        STRIPE_WITH_TOKEN + 'webhook_secret = { credential = "../../etc/passwd" }\n',
+        "providers.p.webhook_secret", "invalid credential name",
+        id="credential-with-slash",
+    ),
+    pytest.param(
+        STRIPE_WITH_TOKEN + '\n[sinks.app]\nkind = "jsonl"\npath = "/tmp/x.jsonl"\n'
+        'types = [""]\n',
+        "sinks.app.types", "an empty pattern matches no event type",
+        id="sink-empty-type",
+    ),
+    pytest.param(
+        STRIPE_WITH_TOKEN + 'signature_tolerance = "0s"\n',
+        "providers.p.signature_tolerance", "would reject every webhook",
+        id="zero-tolerance",
+    ),
     pytest.param(
         '[daemon]\ncolour = "blue"\n', "daemon.colour", "unknown key",
         id="unknown-daemon-key",
@@ -255,6 +278,23 @@ ALL_PROBLEM_PATHS = [
     "providers.q.api_token",
     "providers.Bad",
 ]
+
+
+def test_check_config_warns_missing_token(tmp_path: Path) -> None:
+    """A Stripe table without api_token is valid, with a warning naming it."""
+    result = check_config(write_config(tmp_path, STRIPE))
+
+    assert result.exit_code == 0
+    assert "warning: providers.p.api_token: missing" in result.stderr
+    assert "fails with 401" in result.stderr
+
+
+def test_check_config_warns_no_providers(tmp_path: Path) -> None:
+    """A file with no provider is valid, with a warning that nothing runs."""
+    result = check_config(write_config(tmp_path, "[daemon]\n"))
+
+    assert result.exit_code == 0
+    assert "warning: no [providers.NAME] table" in result.stderr
 
 
 def test_check_config_lists_every_problem(tmp_path: Path) -> None:
@@ -458,6 +498,195 @@ def test_secret_credential_missing(tmp_path: Path, secret_files: Path) -> None:
     assert str(secret_files / "none") in problem
 
 
+# Secrets left unresolved for commands that only read the store
+
+UNAVAILABLE_SECRETS = """
+[daemon]
+database = "sqlite:///DATABASE_PATH"
+
+[providers.payments]
+connector = "stripe"
+api_token = { env = "UNSET_TOKEN" }
+webhook_secret = { credential = "hook" }
+
+[providers.shop]
+connector = "stripe"
+api_token = { file = "missing-token.txt" }
+
+[providers.standard]
+connector = "standard-webhooks"
+webhook_secret = { env = "UNSET_HOOK_SECRET" }
+
+[sinks.app]
+kind = "http"
+url = "http://127.0.0.1:9/hooks"
+secret = { env = "UNSET_SINK_SECRET" }
+"""
+UNAVAILABLE_KEYS = [
+    "providers.payments.api_token",
+    "providers.payments.webhook_secret",
+    "providers.shop.api_token",
+    "providers.standard.webhook_secret",
+    "sinks.app.secret",
+]
+
+
+def unavailable_secrets_config(directory: Path) -> Path:
+    """Write the configuration and create its database, as syncd run would."""
+    database = directory / "syncd.db"
+    Store(f"sqlite:///{database}").dispose()
+    text = UNAVAILABLE_SECRETS.replace("DATABASE_PATH", str(database))
+    return write_config(directory, text)
+
+
+def test_optional_secrets_left_unset(tmp_path: Path) -> None:
+    """require_secrets=False loads, leaving unavailable secrets unset."""
+    path = unavailable_secrets_config(tmp_path)
+
+    config = config_module.load(path, environ={}, require_secrets=False)
+
+    assert config.providers["payments"].api_token is None
+    assert config.providers["payments"].webhook_secret is None
+    assert config.providers["shop"].api_token is None
+    assert config.sinks["app"].secret is None
+
+
+def test_optional_secrets_recorded(tmp_path: Path) -> None:
+    """Each secret left unset is named in the configuration and its provider."""
+    path = unavailable_secrets_config(tmp_path)
+
+    config = config_module.load(path, environ={}, require_secrets=False)
+
+    assert sorted(config.unresolved_secrets) == UNAVAILABLE_KEYS
+    payments = config.providers["payments"]
+    assert payments.unresolved_secrets == {"api_token", "webhook_secret"}
+    assert config.providers["shop"].unresolved_secrets == {"api_token"}
+
+
+def test_optional_secrets_keep_mode(tmp_path: Path) -> None:
+    """A provider whose webhook_secret is unset still reports webhooks."""
+    path = unavailable_secrets_config(tmp_path)
+
+    config = config_module.load(path, environ={}, require_secrets=False)
+
+    assert config.providers["payments"].mode == "webhooks+reconcile"
+    assert config.providers["standard"].mode == "webhooks+reconcile"
+    assert config.providers["shop"].mode == "polling"
+
+
+def test_optional_secrets_use_available(tmp_path: Path) -> None:
+    """Secrets that are available are still resolved when not required."""
+    path = unavailable_secrets_config(tmp_path)
+
+    config = config_module.load(
+        path, environ={"UNSET_TOKEN": "sk_env"}, require_secrets=False
+    )
+
+    token = config.providers["payments"].api_token
+    assert token is not None
+    assert token.get_secret_value() == "sk_env"
+    assert "providers.payments.api_token" not in config.unresolved_secrets
+
+
+def test_required_secrets_by_default(tmp_path: Path) -> None:
+    """By default each unavailable secret is a problem."""
+    path = unavailable_secrets_config(tmp_path)
+
+    problems = load_problems(path)
+
+    for key in UNAVAILABLE_KEYS:
+        assert find_problem(problems, key)
+
+
+def test_optional_secrets_malformed_source(tmp_path: Path) -> None:
+    """A malformed secret source is a problem even when secrets are optional."""
+    path = write_config(tmp_path, STRIPE + 'api_token = { value = "x" }\n')
+
+    with pytest.raises(ConfigError) as caught:
+        config_module.load(path, environ={}, require_secrets=False)
+
+    problem = find_problem(caught.value.problems, "providers.p.api_token")
+    assert "invalid secret table" in problem
+
+
+def test_unresolved_secrets_key_reserved(tmp_path: Path) -> None:
+    """unresolved_secrets cannot be set from the file."""
+    path = write_config(tmp_path, 'unresolved_secrets = ["x"]\n')
+
+    problems = load_problems(path)
+
+    assert "unknown key" in find_problem(problems, "unresolved_secrets")
+
+
+def invoke_without_secrets(path: Path, *args: str) -> Result:
+    return CliRunner().invoke(main, [*args, "-c", str(path)], env=CLEAN_ENV)
+
+
+READ_ONLY_COMMANDS = [
+    ("status",),
+    ("status", "--json"),
+    ("events", "list"),
+    ("events", "tail"),
+    ("deliveries", "list"),
+    ("deliveries", "retry", "--dead"),
+    ("deliveries", "replay", "--sink", "app", "--since", "1h"),
+]
+
+
+@pytest.mark.parametrize("command", READ_ONLY_COMMANDS, ids=" ".join)
+def test_read_only_command_without_secrets(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """Commands that work on the store alone run without the secrets."""
+    path = unavailable_secrets_config(tmp_path)
+
+    result = invoke_without_secrets(path, *command)
+
+    assert result.exit_code == 0, result.output
+
+
+def test_store_command_missing_database(tmp_path: Path) -> None:
+    """A command on a database file that does not exist creates none."""
+    path = unavailable_secrets_config(tmp_path)
+    (tmp_path / "syncd.db").unlink()
+
+    result = invoke_without_secrets(path, "status")
+
+    assert result.exit_code == EXIT_CONFIG
+    assert "syncd.db not found" in result.stderr
+    assert not (tmp_path / "syncd.db").exists()
+
+
+def test_events_show_without_secrets(tmp_path: Path) -> None:
+    """events show reaches the store without secrets: a missing entry exits 1."""
+    path = unavailable_secrets_config(tmp_path)
+
+    result = invoke_without_secrets(path, "events", "show", "evt_404")
+
+    assert result.exit_code == 1
+    assert "evt_404" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "command", [("run",), ("reconcile",), ("check-config",)], ids=" ".join
+)
+def test_secret_commands_reject_missing(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """run, reconcile and check-config exit 78 naming each missing secret."""
+    path = unavailable_secrets_config(tmp_path)
+
+    result = invoke_without_secrets(path, *command)
+
+    problems = listed_problems(result)
+    assert result.exit_code == EXIT_CONFIG
+    assert "UNSET_TOKEN is not set" in find_problem(
+        problems, "providers.payments.api_token"
+    )
+    for key in UNAVAILABLE_KEYS:
+        assert find_problem(problems, key)
+
+
 # Parsed values in a loaded configuration
 
 
@@ -470,6 +699,7 @@ shutdown_timeout = "90s"
 
 [providers.p]
 connector = "stripe"
+api_token = "sk_test_1"
 poll_interval = "2m"
 reconcile_window = "7d"
 lookback = 60
@@ -490,7 +720,8 @@ def test_load_start_from_forms_agree(tmp_path: Path) -> None:
     """start_from written with 'Z' and with '+00:00' is the same instant."""
     instants = []
     for form in ("2024-05-01T10:00:00Z", "2024-05-01T10:00:00+00:00"):
-        path = write_config(tmp_path, STRIPE + f'start_from = "{form}"\n')
+        text = STRIPE_WITH_TOKEN + f'start_from = "{form}"\n'
+        path = write_config(tmp_path, text)
         instants.append(config_module.load(path, environ={}).providers["p"].start_from)
 
     assert instants[0] == instants[1]
@@ -499,7 +730,7 @@ def test_load_start_from_forms_agree(tmp_path: Path) -> None:
 
 def test_load_start_from_duration(tmp_path: Path) -> None:
     """start_from written as a duration means that long before loading."""
-    path = write_config(tmp_path, STRIPE + 'start_from = "6h"\n')
+    path = write_config(tmp_path, STRIPE_WITH_TOKEN + 'start_from = "6h"\n')
 
     before = datetime.now(UTC)
     start_from = config_module.load(path, environ={}).providers["p"].start_from
@@ -512,7 +743,8 @@ def test_load_start_from_duration(tmp_path: Path) -> None:
 
 def test_load_start_from_now(tmp_path: Path) -> None:
     """start_from defaults to the literal 'now'."""
-    config = config_module.load(write_config(tmp_path, STRIPE), environ={})
+    path = write_config(tmp_path, STRIPE_WITH_TOKEN)
+    config = config_module.load(path, environ={})
 
     assert config.providers["p"].start_from == "now"
 

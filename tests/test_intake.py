@@ -12,8 +12,8 @@ import socket
 import threading
 import tracemalloc
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,7 +25,6 @@ from sqlalchemy import select
 from starlette.applications import Starlette
 
 import syncd.writer
-from connectors.base import EventRecord
 from connectors.stripe import StripeConnector
 from syncd import config
 from syncd.intake import IntakeState, create_app
@@ -72,15 +71,12 @@ class GatedWriter(BatchWriter):
         self.all_queued = threading.Event()
         self._count_lock = threading.Lock()
 
-    def submit(
-        self, provider: str, source: str, records: Sequence[EventRecord]
-    ) -> Future[WriteResult]:
-        future = super().submit(provider, source, records)
+    def _enqueue(self, item: Any) -> None:
+        super()._enqueue(item)
         with self._count_lock:
             self.queued += 1
             if self.queued >= self.expected:
                 self.all_queued.set()
-        return future
 
 
 class AppClient:
@@ -304,6 +300,15 @@ def test_webhook_stored_and_committed(intake: Intake, store: Store) -> None:
     assert row.webhook_seen_at == intake.clock.as_datetime()
     assert row.poll_seen_at is None
     assert row.duplicates == 0
+
+
+def test_webhook_trailing_slash_stored(intake: Intake, store: Store) -> None:
+    """A webhook URL ending in '/' is served, not redirected."""
+    response = post(intake.client, event_body(), path=WEBHOOK_URL + "/")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "stored", "events": 1}
+    assert len(read_log(store.url)) == 1
 
 
 def test_webhook_payload_exact(intake: Intake, store: Store) -> None:

@@ -307,6 +307,7 @@ def write_config(directory: Path, database_url: str) -> Path:
         f'[daemon]\ndatabase = "{database_url}"\n\n'
         "[providers.payments]\n"
         'connector = "stripe"\n'
+        'api_token = "sk_test_1"\n'
         f'api_base_url = "{API}"\n'
     )
     return path

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
 import logging
 import random
@@ -12,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -41,62 +38,26 @@ from syncd.sinks import build_sink
 from syncd.sinks.base import Outcome
 from syncd.sinks.http import sign
 from syncd.store import Store, record_events
+from tests.delivery_support import (
+    LEASE,
+    T0,
+    Clock,
+    drain,
+    make_worker,
+    rows,
+    verify_standard,
+)
 from tests.e2e.sink_server import Response, SinkServer
 
+pytestmark = pytest.mark.usefixtures("restore_logging")
+
 FIXTURES = Path(__file__).parent / "fixtures"
-T0 = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
-LEASE = timedelta(minutes=5)
 SECRET = "whsec_" + base64.b64encode(b"sink-test-secret-0123456789").decode()
-
-
-class Clock:
-    """A settable clock for delivery workers."""
-
-    def __init__(self, now: datetime = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
-@pytest.fixture
-def sink_server() -> Iterator[SinkServer]:
-    server = SinkServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """Undo the root logger set-up that every ``syncd`` invocation does."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def http_sink(url: str, **settings: Any) -> SinkConfig:
     table = {"name": "app", "kind": "http", "url": url, "secret": SECRET}
     return SinkConfig.model_validate({**table, "timeout": "2s", **settings})
-
-
-def make_worker(
-    store: Store, settings: SinkConfig, clock: Clock, lease: timedelta = LEASE
-) -> DeliveryWorker:
-    return DeliveryWorker(
-        store,
-        build_sink(settings),
-        route_of(settings),
-        policy_of(settings),
-        ordered=settings.ordering == "resource",
-        lease=lease,
-        clock=clock,
-        seed=7,
-    )
 
 
 def log_events(
@@ -118,38 +79,12 @@ def log_events(
     return result.new_offsets
 
 
-def drain(worker: DeliveryWorker) -> int:
-    """Run the worker until it finds nothing due; return the rows handled."""
-    total = 0
-    while handled := worker.run_once():
-        total += handled
-    return total
-
-
 def key_of(name: str) -> str:
     return idempotency_key("payments", name)
 
 
 def delivered_names(server: SinkServer) -> list[str]:
     return [json.loads(r.body)["key"] for r in server.delivered()]
-
-
-def rows(store: Store) -> list[Delivery]:
-    with store.session() as session:
-        statement = select(Delivery).order_by(Delivery.id)  # type: ignore[arg-type]
-        return list(session.execute(statement).scalars())
-
-
-def verify_standard(secret: str, headers: dict[str, str], body: bytes) -> bool:
-    """Check a Standard Webhooks signature without syncd's code."""
-    key = base64.b64decode(secret[len("whsec_") :])
-    signed = b".".join(
-        [headers["webhook-id"].encode(), headers["webhook-timestamp"].encode(), body]
-    )
-    digest = hmac.new(key, signed, hashlib.sha256).digest()
-    expected = "v1," + base64.b64encode(digest).decode()
-    offered = headers["webhook-signature"].split(" ")
-    return any(hmac.compare_digest(expected, value) for value in offered)
 
 
 # http sink

@@ -550,3 +550,48 @@ def test_parse_page_odd_data_item() -> None:
         "events", first_page_request(), list_response(body)
     )
     assert [record.key for record in page.records] == ["evt_3"]
+
+
+def test_parse_page_payload_is_item_text() -> None:
+    """A listed event's payload is its text in the page, spacing and digits kept."""
+    item = (
+        '{ "id": "evt_3", "object": "event", "type": "invoice.paid", '
+        f'"created": {T0}, "amount": 12345678901234567890123, "rate": 0.10, '
+        '"name": "Zo\\u00eb", "data": {"object": {"id": "in_1"}} }'
+    )
+    body = f'{{"object": "list", "data": [{item}], "has_more": false}}'.encode()
+    page = make_connector().parse_page(
+        "events", first_page_request(), list_response(body)
+    )
+    assert [record.payload for record in page.records] == [item]
+
+
+def test_parse_page_repeated_key_serialised() -> None:
+    """An event that repeats a key is stored as read: one key, the last value."""
+    item = (
+        '{"id": "evt_3", "object": "event", "type": "a", "type": "b", '
+        f'"created": {T0}}}'
+    )
+    body = f'{{"object": "list", "data": [{item}], "has_more": false}}'.encode()
+    page = make_connector().parse_page(
+        "events", first_page_request(), list_response(body)
+    )
+    assert [record.type for record in page.records] == ["b"]
+    assert json.loads(page.records[0].payload)["type"] == "b"
+    assert page.records[0].payload.count('"type"') == 1
+
+
+def test_parse_page_nan_item_set_aside() -> None:
+    """An event holding NaN is set aside; the next event is still read."""
+    bad = (
+        f'{{"id": "evt_1", "object": "event", "type": "a", "created": {T0}, '
+        '"x": NaN}'
+    )
+    good = json.dumps(stripe_event())
+    body = f'{{"object": "list", "data": [{bad}, {good}], "has_more": false}}'.encode()
+    page = make_connector().parse_page(
+        "events", first_page_request(), list_response(body)
+    )
+    assert [record.key for record in page.records] == ["evt_3"]
+    assert len(page.rejected) == 1
+    assert "NaN" in page.rejected[0][0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import configparser
 import os
 import shutil
@@ -47,6 +48,7 @@ def test_unit_parses_with_keys():
         "ProtectKernelModules": "yes",
         "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
         "ExecStart": "/opt/syncd/bin/syncd run -c /etc/syncd/config.toml",
+        "ExecReload": "/bin/kill -HUP $MAINPID",
     }
     for key, value in expected.items():
         assert service.get(key) == value, key
@@ -181,6 +183,21 @@ def test_watchdog_interval(monkeypatch, usec, pid, expected):
         else:
             monkeypatch.setenv(name, str(os.getpid()) if value == "self" else value)
     assert systemd.watchdog_interval() == expected
+
+
+def test_watchdog_pings_until_a_part_dies(receiver: socket.socket, caplog):
+    """The pings end, with one ERROR line, once dead_part names a part."""
+    answers = iter([None, None, "the thread that commits webhooks"])
+    asyncio.run(systemd.ping_watchdog(0.01, lambda: next(answers)))
+
+    pings = [receiver.recv(4096) for _ in range(2)]
+    receiver.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        receiver.recv(4096)
+    assert pings == [b"WATCHDOG=1", b"WATCHDOG=1"]
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1
+    assert "the thread that commits webhooks has stopped" in errors[0].getMessage()
 
 
 def test_listen_sockets_other_pid(monkeypatch: pytest.MonkeyPatch):

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import base64
-import gc
-import hashlib
-import hmac
 import json
-import logging
 import os
 import signal
 import socket
@@ -15,9 +11,8 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,70 +26,25 @@ from connectors.base import EventRecord
 from syncd import config as config_module
 from syncd.cli import main
 from syncd.daemon import Daemon
-from syncd.delivery import DeliveryWorker
 from syncd.models import Delivery, Event
 from syncd.outbox import SinkRoute, idempotency_key
-from syncd.runtime import Runtime, policy_of, route_of
+from syncd.runtime import Runtime, route_of
 from syncd.sink_config import SinkConfig
-from syncd.sinks import build_sink
 from syncd.store import Store, record_events
-from tests.e2e.sink_server import Response, SinkServer
+from tests.delivery_support import (
+    T0,
+    Clock,
+    drain,
+    make_worker,
+    rows,
+    verify_standard,
+)
+from tests.e2e.sink_server import Response
 from tests.e2e.support import API_KEY, WEBHOOK_SECRET
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("restore_logging")]
 
-T0 = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
 SECRET = "whsec_" + base64.b64encode(b"delivery-e2e-secret-42").decode()
-
-
-class Clock:
-    """A settable clock for delivery workers."""
-
-    def __init__(self, now: datetime = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
-@pytest.fixture
-def sink_server() -> Iterator[SinkServer]:
-    server = SinkServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """Undo the root logger set-up that every ``syncd`` invocation does."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-def make_worker(store: Store, settings: SinkConfig, clock: Clock) -> DeliveryWorker:
-    return DeliveryWorker(
-        store,
-        build_sink(settings),
-        route_of(settings),
-        policy_of(settings),
-        ordered=settings.ordering == "resource",
-        clock=clock,
-        seed=11,
-    )
-
-
-def drain(worker: DeliveryWorker) -> int:
-    """Run the worker until it finds nothing due; return the rows handled."""
-    total = 0
-    while handled := worker.run_once():
-        total += handled
-    return total
 
 
 def log_events(store: Store, keys: list[str], seen_at: datetime = T0) -> None:
@@ -108,30 +58,12 @@ def log_events(store: Store, keys: list[str], seen_at: datetime = T0) -> None:
         record_events(session, "payments", "webhook", records, seen_at)
 
 
-def verify_standard(secret: str, headers: dict[str, str], body: bytes) -> bool:
-    """Check a Standard Webhooks signature without syncd's code."""
-    key = base64.b64decode(secret[len("whsec_") :])
-    signed = b".".join(
-        [headers["webhook-id"].encode(), headers["webhook-timestamp"].encode(), body]
-    )
-    digest = hmac.new(key, signed, hashlib.sha256).digest()
-    expected = "v1," + base64.b64encode(digest).decode()
-    offered = headers["webhook-signature"].split(" ")
-    return any(hmac.compare_digest(expected, value) for value in offered)
-
-
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {condition}")
         time.sleep(0.02)
-
-
-def rows(store: Store) -> list[Delivery]:
-    with store.session() as session:
-        statement = select(Delivery).order_by(Delivery.id)  # type: ignore[arg-type]
-        return list(session.execute(statement).scalars())
 
 
 # retries through the http sink
@@ -451,12 +383,6 @@ def invoke_json(*args: str) -> Any:
 
 def sink_statuses(config: Path) -> dict[str, dict[str, Any]]:
     data = invoke_json("status", "-c", str(config))
-    # TODO: `syncd status` never closes its Runtime, so on PostgreSQL its
-    # connections are garbage-collected open and psycopg warns. Collect them
-    # here, inside this test, until the command closes what it opens.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
     return {item["name"]: item for item in data["sinks"]}
 
 

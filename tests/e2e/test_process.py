@@ -127,3 +127,18 @@ def test_kill_after_2xx_loses_nothing(database_url, tmp_path, simulator):
     logged = _logged(database_url)
     assert set(acknowledged) <= set(logged)
     assert len(logged) == len(set(logged))
+
+
+def test_port_in_use_exits_naming_listen(database_url, tmp_path):
+    """A listen address in use stops the start with a message naming it."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        process = _start(_write_config(tmp_path, database_url, port))
+        _, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in stderr
+    assert "[daemon] listen" in stderr
+    assert "poll" not in stderr

@@ -13,6 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from syncd import config as config_module
+from syncd.daemon import Daemon
+from syncd.runtime import Runtime
 from tests.e2e.support import API_KEY, WEBHOOK_SECRET
 from tests.e2e.test_process import _free_port, _wait_healthy, _write_config
 
@@ -125,3 +128,21 @@ def test_socket_activation(database_url, tmp_path):
 
     assert process.returncode == 0, stderr
     assert f"listening for webhooks on 127.0.0.1:{port}" in stderr
+
+
+def test_dead_part_names_a_stopped_thread(database_url):
+    """The watchdog's check names the writer once its thread has ended."""
+    config = config_module.parse({"daemon": {"database": database_url}})
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    daemon = Daemon(Runtime.open(config), sock=sock)
+    thread = daemon.start_in_thread()
+    try:
+        healthy = daemon._dead_part()
+        daemon.writer.stop()
+        dead = daemon._dead_part()
+    finally:
+        daemon.request_stop()
+        thread.join(timeout=30)
+    assert healthy is None
+    assert dead == "the thread that commits webhooks"
