@@ -81,7 +81,7 @@ def _lease(
     now: datetime,
     lease: timedelta,
 ) -> list[int]:
-    """Lease the candidates still claimable to ``owner``; return the ids kept.
+    """Lease the candidates still claimable to ``owner``; return the ids leased.
 
     The candidates were chosen by an earlier statement, and on SQLite that
     statement read outside the write lock. Meanwhile another worker may have
@@ -100,15 +100,15 @@ def _lease(
             .returning(_ROWS.id)
         ).scalars()
     )
-    kept = _unbroken_prefixes(candidates, leased)
-    given_back = leased.difference(kept)
+    unbroken = _unbroken_prefixes(candidates, leased)
+    given_back = leased.difference(unbroken)
     if given_back:
         session.execute(
             update(Delivery.__table__)
             .where(_ROWS.id.in_(given_back))
             .values(lease_owner=None, lease_until=None)
         )
-    return kept
+    return unbroken
 
 
 def _claimable(now: datetime) -> Any:
@@ -159,8 +159,9 @@ def ordered_candidates(
     }
     not_yet = or_(_ROWS.next_attempt_at > now, _ROWS.lease_until >= now)
     # Every window below uses the same frame, so SQLite computes them in one
-    # pass. With first_value on its default frame, the query took 1.6 times
-    # as long on SQLite 3.40.
+    # pass. With first_value on its default frame, the query took 190 ms
+    # instead of 121 ms on SQLite 3.40.1 (one run, 20,000 pending rows and
+    # 100,000 delivered ones).
     ranked = (
         select(
             _ROWS.id,
@@ -205,7 +206,7 @@ def _keep_locked(
 
     Rows that another claim has locked right now are skipped, so a claim
     does not wait for another worker's claim to commit. PostgreSQL returns
-    the newest version of each locked row, so the check below sees changes
+    the newest version of each locked row, so the check below reads changes
     made since the candidates were chosen. Each chain is cut at its first
     row that did not qualify.
     """
@@ -218,8 +219,8 @@ def _keep_locked(
         .with_for_update(skip_locked=True)
     )
     free = {row.id for row in session.execute(statement) if _is_free(row, now)}
-    kept = set(_unbroken_prefixes(candidates, free))
-    return [candidate for candidate in candidates if candidate.id in kept]
+    unbroken = set(_unbroken_prefixes(candidates, free))
+    return [candidate for candidate in candidates if candidate.id in unbroken]
 
 
 def _is_free(row: Any, now: datetime) -> bool:
@@ -236,12 +237,12 @@ def _unbroken_prefixes(candidates: Sequence[Candidate], free: set[int]) -> list[
     order.
     """
     broken: set[str | int] = set()
-    kept = []
+    unbroken = []
     for candidate in candidates:
         if candidate.chain in broken:
             continue
         if candidate.id in free:
-            kept.append(candidate.id)
+            unbroken.append(candidate.id)
         else:
             broken.add(candidate.chain)
-    return kept
+    return unbroken

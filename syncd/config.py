@@ -275,7 +275,10 @@ def resolve_secret(value: Any, where: str, context: _SecretContext) -> str:
     given = [k for k in ("env", "file", "credential") if getattr(source, k)]
     empty = [k for k in ("env", "file", "credential") if getattr(source, k) == ""]
     if empty:
-        raise ValueError(f"{where}: {empty[0]} is empty; write the name it reads")
+        raise ValueError(
+            f"{where}: {empty[0]} is empty; write the variable, file or "
+            "credential name to read the secret from"
+        )
     if len(given) != 1:
         raise ValueError(
             f"{where}: give exactly one of env, file or credential, not {given}"
@@ -563,7 +566,7 @@ def missing_token_warnings(config: Config) -> list[str]:
             continue
         warnings.append(
             f"providers.{name}.api_token: missing, so every poll and reconcile "
-            f"of {name} fails with 401; add api_token = {{ env = \"NAME\" }}"
+            f'of {name} fails with 401; add api_token = {{ env = "NAME" }}'
         )
     return warnings
 

@@ -259,26 +259,10 @@ class Daemon:
 
     def _reload(self) -> bool:
         running = self.runtime.config
-        if running.path is None:
-            log.warning("reload skipped: this daemon runs a configuration with no file")
+        loaded = self._read_again(running)
+        if loaded is None:
             return False
-        try:
-            loaded = config_module.load(running.path)
-        except ConfigError as exc:
-            log.error(
-                "reload of %s failed, so the running configuration stays: %s",
-                running.path,
-                "; ".join(exc.problems),
-            )
-            return False
-        if running.providers and not loaded.providers:
-            log.error(
-                "reload of %s failed, so the running configuration stays: the "
-                "file names no [providers.NAME] table. If it was being written, "
-                "write it beside the old one, move it into place, and reload",
-                running.path,
-            )
-            return False
+
         plan = plan_reload(running, loaded)
         for key in plan.restart_keys:
             log.warning(
@@ -293,6 +277,30 @@ class Daemon:
         self.runtime.config = loaded
         log.info("configuration reloaded from %s: %s", running.path, plan.summary())
         return True
+
+    def _read_again(self, running: Config) -> Config | None:
+        """Load the running configuration's file; None when it cannot apply."""
+        if running.path is None:
+            log.warning("reload skipped: this daemon runs a configuration with no file")
+            return None
+        try:
+            loaded = config_module.load(running.path)
+        except ConfigError as exc:
+            log.error(
+                "reload of %s failed, so the running configuration stays: %s",
+                running.path,
+                "; ".join(exc.problems),
+            )
+            return None
+        if running.providers and not loaded.providers:
+            log.error(
+                "reload of %s failed, so the running configuration stays: the "
+                "file names no [providers.NAME] table. If it was being written, "
+                "write it beside the old one, move it into place, and reload",
+                running.path,
+            )
+            return None
+        return loaded
 
     def _apply_providers(self, changes: Changes, loaded: Config) -> None:
         """Swap the connectors webhooks are checked against, then the runs."""

@@ -43,31 +43,69 @@ from syncd.store import Store
 
 log = logging.getLogger(__name__)
 
+# The maximum number of rows one round claims. The ordered claim reads every
+# pending row of the sink, so a round spreads that cost over up to this many
+# deliveries.
+# NOTE: a round to a sink that times out on every row takes up to BATCH
+# timeouts. Rows not yet started may outlive their lease meanwhile, and
+# another worker may then take them, which the renewal before each delivery
+# detects.
 BATCH = 100
-# After a sink's first dead delivery is logged, later ones are counted over
-# this window and logged as one line, so a sink that is down for days does
-# not log a line per event.
+# After a sink's first dead delivery or failed attempt is logged, later ones
+# are counted over this window and logged as one line. A sink that is down
+# for days then does not log a line per event or per attempt.
 DEAD_LOG_WINDOW = timedelta(minutes=5)
 
 
-class DeadDeliveryLog:
-    """Logs the dead deliveries of one sink at ERROR without a line for each.
+class WindowedLog:
+    """A log line for the first of a kind of event, then one count per window.
 
-    The first one is logged with its event and the fix. Later ones are
-    counted until ``window`` has passed since that line, and then logged as
-    one line with the count. While deliveries keep ending dead, each count
-    line starts the next window, so a sink that stays down logs one line per
-    window. A window with no more dead deliveries ends without a line, and
-    the next dead delivery is logged in full again. The caller calls
-    :meth:`flush` now and then, so that a count is logged when its window
-    ends, and once with ``final`` on stop.
+    Later events are counted until ``window`` has passed since the full line,
+    and then logged as one line with the count. While they continue, each
+    count line starts the next window. A window with no more events ends
+    without a line, and the next event is logged in full again. The caller
+    calls :meth:`flush` now and then, so that a count is logged when its
+    window ends, and once with ``final`` on stop.
     """
 
-    def __init__(self, sink: str, window: timedelta = DEAD_LOG_WINDOW) -> None:
+    def __init__(self, sink: str, level: int, window: timedelta) -> None:
         self.sink = sink
+        self.level = level
         self.window = window
         self._window_start: datetime | None = None
         self._more = 0
+
+    def note(self, now: datetime, message: str, *args: object) -> None:
+        """Log ``message`` if no window is open at ``now``; else count it."""
+        self.flush(now)
+        if self._window_start is not None:
+            self._more += 1
+            return
+        self._window_start = now
+        log.log(self.level, message, *args)
+
+    def flush(self, now: datetime, *, final: bool = False) -> None:
+        """Log the count of an ended window; with ``final``, of the open one too."""
+        if self._window_start is None:
+            return
+        elapsed = now - self._window_start
+        if elapsed < self.window and not final:
+            return
+        if self._more:
+            log.log(self.level, self.count_line(self._more, _span(elapsed)))
+        self._window_start = None if final or not self._more else now
+        self._more = 0
+
+    def count_line(self, count: int, span: str) -> str:
+        """Return the line that reports ``count`` events over ``span``."""
+        raise NotImplementedError
+
+
+class DeadDeliveryLog(WindowedLog):
+    """The dead deliveries of one sink, logged at ERROR without a line each."""
+
+    def __init__(self, sink: str, window: timedelta = DEAD_LOG_WINDOW) -> None:
+        super().__init__(sink, logging.ERROR, window)
 
     def dead(
         self,
@@ -78,12 +116,8 @@ class DeadDeliveryLog:
         now: datetime,
     ) -> None:
         """Log or count one delivery that ended dead at ``now``."""
-        self.flush(now)
-        if self._window_start is not None:
-            self._more += 1
-            return
-        self._window_start = now
-        log.error(
+        self.note(
+            now,
             "sink %s: giving up on %s (delivery %d) after %d attempt(s): %s; run "
             "'syncd deliveries retry --dead --sink %s' once the sink is fixed. "
             "More dead deliveries of this sink in the next %s are logged as a count",
@@ -96,27 +130,51 @@ class DeadDeliveryLog:
             _span(self.window),
         )
 
-    def flush(self, now: datetime, *, final: bool = False) -> None:
-        """Log the count of an ended window; with ``final``, of the open one too."""
-        if self._window_start is None:
-            return
-        elapsed = now - self._window_start
-        if elapsed < self.window and not final:
-            return
-        if self._more == 0:
-            self._window_start = None
-            return
-        log.error(
-            "%d more %s to sink %s ended dead in the last %s; run "
-            "'syncd deliveries retry --dead --sink %s' once the sink is fixed",
-            self._more,
-            "delivery" if self._more == 1 else "deliveries",
-            self.sink,
-            _span(elapsed),
-            self.sink,
+    def count_line(self, count: int, span: str) -> str:
+        noun = "delivery" if count == 1 else "deliveries"
+        return (
+            f"{count} more {noun} to sink {self.sink} ended dead in the last "
+            f"{span}; run 'syncd deliveries retry --dead --sink {self.sink}' "
+            "once the sink is fixed"
         )
-        self._window_start = None if final else now
-        self._more = 0
+
+
+class FailedAttemptLog(WindowedLog):
+    """The failed attempts of one sink, logged at WARNING without a line each."""
+
+    def __init__(self, sink: str, window: timedelta = DEAD_LOG_WINDOW) -> None:
+        super().__init__(sink, logging.WARNING, window)
+        self.last_error: str | None = None
+
+    def failed(
+        self,
+        attempts: int,
+        event: str,
+        error: str | None,
+        next_at: datetime,
+        now: datetime,
+    ) -> None:
+        """Log or count one failed attempt that is retried at ``next_at``."""
+        self.last_error = error
+        self.note(
+            now,
+            "sink %s: attempt %d for %s failed (%s); next at %s. More failed "
+            "attempts of this sink in the next %s are logged as a count",
+            self.sink,
+            attempts,
+            event,
+            error,
+            next_at.isoformat(timespec="seconds"),
+            _span(self.window),
+        )
+
+    def count_line(self, count: int, span: str) -> str:
+        noun = "attempt" if count == 1 else "attempts"
+        return (
+            f"sink {self.sink}: {count} more failed {noun} in the last {span}, "
+            f"the last with: {self.last_error}; each is retried with backoff "
+            "(syncd deliveries list --status pending shows them)"
+        )
 
 
 def _span(delta: timedelta) -> str:
@@ -230,6 +288,7 @@ class DeliveryWorker:
         # round when a failure (a store outage) cut the last one short.
         self._holds_leases = False
         self._dead_log = DeadDeliveryLog(sink.name)
+        self._failed_log = FailedAttemptLog(sink.name)
 
     def start(self) -> None:
         self._thread = threading.Thread(
@@ -271,6 +330,7 @@ class DeliveryWorker:
                 self._wake.clear()
         self._release_leases()
         self._dead_log.flush(self.clock(), final=True)
+        self._failed_log.flush(self.clock(), final=True)
 
     def run_once(self) -> int:
         """Claim one batch of due rows and deliver them; return the attempts made.
@@ -279,6 +339,7 @@ class DeliveryWorker:
         """
         now = self.clock()
         self._dead_log.flush(now)
+        self._failed_log.flush(now)
         with self.store.session() as session:
             if self._holds_leases:
                 # Rows the failed round claimed but did not finish would stay
@@ -411,13 +472,12 @@ class DeliveryWorker:
                 self.clock(),
             )
         elif recorded.next_attempt_at is not None:
-            log.warning(
-                "sink %s: attempt %d for %s failed (%s); next at %s",
-                self.sink.name,
+            self._failed_log.failed(
                 recorded.attempts,
-                event.key,
+                f"{event.provider}/{event.key}",
                 outcome.error,
-                recorded.next_attempt_at.isoformat(timespec="seconds"),
+                recorded.next_attempt_at,
+                self.clock(),
             )
 
     def _release_leases(self) -> None:

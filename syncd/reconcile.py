@@ -338,7 +338,7 @@ class ProviderRunner:
     def _log_failure(self, report: RunReport) -> None:
         """Log a failed run at ERROR, and the same failure again once an hour.
 
-        A provider that answers 401 to every poll would otherwise add one
+        A provider that returns 401 for every poll would otherwise add one
         ERROR line per poll_interval until its token is fixed.
         """
         now = self.clock()

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from connectors.base import EventRecord
-from syncd.delivery import DeadDeliveryLog, DeliveryWorker
+from syncd.delivery import DeadDeliveryLog, DeliveryWorker, FailedAttemptLog
 from syncd.metrics import Metrics
 from syncd.outbox import RetryPolicy, SinkRoute
 from syncd.sinks.base import Outcome, Sink
@@ -172,3 +172,20 @@ def test_stopped_worker_logs_open_count(store, worker, caplog):
     lines = dead_lines(caplog)
     assert len(lines) == 2
     assert lines[1].startswith("1 more delivery to sink app ended dead")
+
+
+def test_failed_attempts_logged_as_count(caplog):
+    """Failed attempts in one window give one WARNING, then one count line."""
+    failed_log = FailedAttemptLog("app")
+    retry_at = T0 + timedelta(minutes=1)
+    with caplog.at_level(logging.WARNING, logger="syncd.delivery"):
+        for offset in range(5):
+            error = f"HTTP 503 from sink ({offset})"
+            failed_log.failed(1, f"payments/evt_{offset}", error, retry_at, T0)
+        failed_log.flush(T0 + WINDOW)
+
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(lines) == 2
+    assert "attempt 1 for payments/evt_0 failed" in lines[0]
+    assert lines[1].startswith("sink app: 4 more failed attempts in the last 5 minutes")
+    assert "HTTP 503 from sink (4)" in lines[1]
