@@ -95,14 +95,17 @@ def bind_listen_socket(listen: str) -> socket.socket:
     """
     host, _, port = listen.rpartition(":")
     host = host.strip("[]")
+    # As uvicorn chooses: IPv6 only for an address with a colon, so that
+    # "localhost" means 127.0.0.1 whatever the resolver lists first.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = None
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, int(port), type=socket.SOCK_STREAM
-        )[0]
-        sock = socket.socket(family, kind, proto)
+        sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
+        sock.bind((host, int(port)))
     except OSError as exc:
+        if sock is not None:
+            sock.close()
         raise ListenError(
             f"cannot listen on {listen} ({exc.strerror or exc}); change [daemon] "
             "listen, or stop the process that uses that address"
