@@ -27,23 +27,10 @@ from bench.provider import MAX_LIMIT, event_json
 from connectors.base import EventRecord
 from connectors.stripe import StripeConnector
 from syncd.store import Store, record_events
+from syncd.upsert import COLUMNS
 
 PROVIDER = "payments"
 BASELINE_BATCH = 1000
-COLUMNS = (
-    "provider",
-    "key",
-    "type",
-    "occurred_at",
-    "first_seen_at",
-    "first_source",
-    "webhook_seen_at",
-    "poll_seen_at",
-    "duplicates",
-    "resource",
-    "version",
-    "payload",
-)
 
 
 def make_records(count: int, newest: int) -> list[EventRecord]:

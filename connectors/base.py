@@ -165,7 +165,7 @@ class Connector(ABC):
     default_api_base_url: ClassVar[str]
     Options: ClassVar[type[BaseModel]] = NoOptions
     retention: ClassVar[timedelta | None] = None
-    # True when the provider's API answers nothing without api_token.
+    # True when the provider's API rejects every request without api_token.
     api_token_required: ClassVar[bool] = False
 
     def __init__(self, provider: ProviderConfig) -> None:

@@ -11,7 +11,7 @@ is its oldest pending rows, oldest first by provider time, up to the first
 row that is failed (not yet due again) or leased. So a failing delivery
 holds back the later events of its resource and nothing else, and a
 resource's rows are never with two workers at once. A dead or delivered row
-is no longer pending and holds nothing back.
+is no longer pending, so it does not block later rows.
 """
 
 from __future__ import annotations

@@ -71,8 +71,8 @@ def create_app(state: IntakeState) -> Starlette:
 
     routes = [
         Route("/webhooks/{provider}", webhook, methods=["POST"]),
-        # A provider dashboard URL often ends in '/'. Providers do not follow
-        # the redirect Starlette would answer with, so both paths are served.
+        # A URL pasted into a provider's dashboard may end in '/'. A provider
+        # may not follow Starlette's redirect to the other path, so both serve.
         Route("/webhooks/{provider}/", webhook, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

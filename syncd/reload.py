@@ -1,4 +1,4 @@
-"""What a configuration reload changes, and what only a restart can apply.
+"""Configuration reloads: what they change, and what only a restart applies.
 
 The daemon compares the running configuration with the file read again on
 SIGHUP. Providers and sinks are added, removed or replaced while the webhook

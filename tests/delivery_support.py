@@ -8,16 +8,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
+from connectors.base import EventRecord
 from syncd.delivery import DeliveryWorker
 from syncd.models import Delivery
+from syncd.outbox import SinkRoute
 from syncd.runtime import policy_of, route_of
 from syncd.sink_config import SinkConfig
 from syncd.sinks import build_sink
-from syncd.store import Store
+from syncd.store import Store, record_events
 
 T0 = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
 LEASE = timedelta(minutes=5)
@@ -82,3 +85,20 @@ def verify_standard(secret: str, headers: dict[str, str], body: bytes) -> bool:
     expected = "v1," + base64.b64encode(digest).decode()
     offered = headers["webhook-signature"].split(" ")
     return any(hmac.compare_digest(expected, value) for value in offered)
+
+
+def log_events(store: Store, specs: list[tuple[str, str | None, int]]) -> None:
+    """Log events given as (key, resource, seconds after T0), in that order."""
+    records = [
+        EventRecord(
+            key=key,
+            type="customer.updated",
+            occurred_at=T0 + timedelta(seconds=at),
+            payload=json.dumps({"id": key}),
+            resource=resource,
+        )
+        for key, resource, at in specs
+    ]
+    store.sink_routes = [SinkRoute("app")]
+    with store.session() as session:
+        record_events(session, "payments", "webhook", records, T0)

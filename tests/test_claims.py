@@ -1,43 +1,23 @@
-"""Claims of outbox rows: chains per resource, what holds them back, sharing."""
+"""Claims of outbox rows: chains per resource, what blocks them, sharing."""
 
 from __future__ import annotations
 
-import json
 import random
 from datetime import timedelta
 
 from sqlalchemy import select
 
-from connectors.base import EventRecord
 from syncd import claims
 from syncd.models import Delivery
 from syncd.outbox import (
     RetryPolicy,
-    SinkRoute,
     claim,
     load_for_delivery,
     record_outcome,
 )
 from syncd.sinks.base import Outcome
-from syncd.store import Store, record_events
-from tests.delivery_support import LEASE, T0
-
-
-def log_events(store: Store, specs: list[tuple[str, str | None, int]]) -> None:
-    """Log events given as (key, resource, seconds after T0), in that order."""
-    records = [
-        EventRecord(
-            key=key,
-            type="customer.updated",
-            occurred_at=T0 + timedelta(seconds=at),
-            payload=json.dumps({"id": key}),
-            resource=resource,
-        )
-        for key, resource, at in specs
-    ]
-    store.sink_routes = [SinkRoute("app")]
-    with store.session() as session:
-        record_events(session, "payments", "webhook", records, T0)
+from syncd.store import Store
+from tests.delivery_support import LEASE, T0, log_events
 
 
 def claim_keys(store: Store, owner: str, now=T0, **options) -> list[str]:

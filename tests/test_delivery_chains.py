@@ -10,14 +10,13 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from connectors.base import EventRecord
 from syncd.delivery import DeliveryWorker
 from syncd.errors import StoreUnavailableError
 from syncd.models import Delivery
 from syncd.outbox import RetryPolicy, SinkRoute, load_many
 from syncd.sinks.base import Outcome, Sink
-from syncd.store import Store, record_events
-from tests.delivery_support import T0, Clock, drain, rows
+from syncd.store import Store
+from tests.delivery_support import Clock, drain, log_events, rows
 
 
 class RecordingSink(Sink):
@@ -51,23 +50,6 @@ class RecordingSink(Sink):
 
     def keys(self) -> list[str]:
         return [body["key"] for body in self.bodies]
-
-
-def log_events(store: Store, specs: list[tuple[str, str | None, int]]) -> None:
-    """Log events given as (key, resource, seconds after T0), in that order."""
-    records = [
-        EventRecord(
-            key=key,
-            type="customer.updated",
-            occurred_at=T0 + timedelta(seconds=at),
-            payload=json.dumps({"id": key}),
-            resource=resource,
-        )
-        for key, resource, at in specs
-    ]
-    store.sink_routes = [SinkRoute("app")]
-    with store.session() as session:
-        record_events(session, "payments", "webhook", records, T0)
 
 
 def worker_for(
