@@ -17,8 +17,10 @@ async def _accepted_nodelay(sock: socket.socket) -> int:
 
     class Probe(asyncio.Protocol):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            conn = transport.get_extra_info("socket")
-            accepted.set_result(conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            connection = transport.get_extra_info("socket")
+            accepted.set_result(
+                connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            )
             transport.close()
 
     sock.listen()
