@@ -13,6 +13,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import math
 import re
 from collections.abc import Mapping
 from typing import Literal, Protocol
@@ -23,6 +24,11 @@ from connectors.signing import hmac_sha256, matches_any
 from syncd.errors import SignatureError, TimestampError
 
 STANDARD_SECRET_PREFIX = "whsec_"
+# A signed timestamp is the time of sending, so one this far from the clock is
+# in other units (milliseconds are 1000 times larger) or one of the two clocks
+# is wrong.
+MAX_PLAUSIBLE_YEARS = 10
+MAX_PLAUSIBLE_OFFSET = MAX_PLAUSIBLE_YEARS * 365 * 86_400  # seconds
 _UNIX_TIME = re.compile(r"[0-9]{1,12}")
 _PLACEHOLDERS = ("{timestamp}", "{body}")
 _ALGORITHMS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha512": hashlib.sha512}
@@ -305,6 +311,17 @@ def v1_signatures(value: str) -> list[str]:
 
 def check_tolerance(timestamp: int, now: float, tolerance: float) -> None:
     """Raise TimestampError when ``timestamp`` is more than ``tolerance`` from now."""
+    # Compare whole seconds as integers first, because a timestamp of hundreds
+    # of digits does not convert to a float.
+    offset = abs(timestamp - math.floor(now))
+    if offset > max(tolerance, MAX_PLAUSIBLE_OFFSET):
+        raise TimestampError(
+            f"signed timestamp {_shorten_number(timestamp)} is more than "
+            f"{MAX_PLAUSIBLE_YEARS} years from this host's clock, so it is not a "
+            "plausible Unix time in seconds. Check that the sender signs with "
+            "Unix time in seconds (not milliseconds) and that this host's clock "
+            "is right"
+        )
     if abs(now - timestamp) <= tolerance:
         return
     direction = "behind" if timestamp < now else "ahead of"
@@ -313,3 +330,12 @@ def check_tolerance(timestamp: int, now: float, tolerance: float) -> None:
         f"this host's clock, outside the {tolerance:.0f}s tolerance; a replay, "
         "or this host's clock is skewed"
     )
+
+
+def _shorten_number(number: int) -> str:
+    """Return ``number`` as text, cut to 20 characters with its digit count."""
+    text = str(number)
+    digits = len(text.lstrip("-"))
+    if len(text) <= 20:
+        return text
+    return f"{text[:20]}... ({digits} digits)"

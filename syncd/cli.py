@@ -14,7 +14,6 @@ from typing import Any, NoReturn
 
 import click
 import httpx
-from sqlalchemy.engine import make_url
 
 from syncd import __version__, logs, queries
 from syncd import config as config_module
@@ -86,7 +85,7 @@ def _open(path: str | None, *, store_only: bool = False) -> Runtime:
     """
     config = _load_config(path, require_secrets=not store_only)
     if store_only:
-        _check_database_exists(config.daemon.database)
+        _check_database_exists(config.daemon.sqlite_path)
     try:
         if store_only:
             runtime = Runtime(config, Store(config.daemon.database), connectors={})
@@ -102,24 +101,19 @@ def _open(path: str | None, *, store_only: bool = False) -> Runtime:
     return runtime
 
 
-def _check_database_exists(url: str) -> None:
+def _check_database_exists(sqlite_path: str | None) -> None:
     """Exit 78 when an SQLite database file is missing, instead of creating one.
 
     Only ``syncd run``, ``reconcile`` and ``db upgrade`` create the database,
     so a mistyped path in a reading command is reported, not hidden.
     """
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (
-        None,
-        "",
-        ":memory:",
-    ):
+    if sqlite_path is None:
         return
-    if not Path(parsed.database).exists():
+    if not Path(sqlite_path).exists():
         _config_problems(
             ConfigError(
                 [
-                    f"daemon.database: file {parsed.database} not found; check "
+                    f"daemon.database: file {sqlite_path} not found; check "
                     "the path, or start syncd run once to create the database"
                 ]
             )
@@ -333,7 +327,11 @@ def _filter_options(function: Any) -> Any:
             "types",
             multiple=True,
             metavar="TYPE",
-            help="Only this event type (repeatable).",
+            help="Only this event type, or the types that match a shell-style "
+            "pattern such as 'invoice.*' or 'charge.?ailed': * is any text, ? "
+            "one character, [seq] one character in seq, [!seq] one not in seq, "
+            "and case counts. Quote a pattern so that the shell does not expand "
+            "it. Repeatable.",
         ),
         click.option(
             "--source",

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
 
 import click
 
+from syncd import config as config_module
 from syncd import systemd
+from syncd.errors import ConfigError
 
 DEFAULT_CONFIG = "/etc/syncd/config.toml"
 CREDENTIALS_DIR = "/etc/syncd/credentials"
@@ -70,6 +73,10 @@ def systemd_unit(
 
     Save it as /etc/systemd/system/syncd.service, then run
     'systemctl daemon-reload' and 'systemctl enable --now syncd'.
+
+    The unit lets syncd write only under /var/lib/syncd. A SQLite database or
+    jsonl sink file elsewhere in the configuration gets a warning on standard
+    error that names the ReadWritePaths= line it needs.
     """
     program = executable or _default_executable()
     if not program.startswith("/"):
@@ -84,4 +91,33 @@ def systemd_unit(
     click.echo(
         systemd.render_unit(program, config_path, user=user, credentials=loads),
         nl=False,
+    )
+    _warn_paths_outside_state_directory(config_path, user)
+
+
+def _warn_paths_outside_state_directory(config_path: str, user: str | None) -> None:
+    """Warn on stderr about each file that the unit would not let syncd write.
+
+    A missing or invalid configuration is skipped, because a unit may be
+    written before the file, and check-config lists its problems.
+    """
+    try:
+        config = config_module.load(config_path, require_secrets=False)
+    except ConfigError:
+        return
+    for key, path in systemd.paths_outside_state_directory(config).items():
+        click.echo(f"warning: {key}: {_outside_state_message(path, user)}", err=True)
+
+
+def _outside_state_message(path: str, user: str | None) -> str:
+    state = systemd.STATE_DIRECTORY
+    directory = os.path.dirname(path)
+    owner = "the service's user"
+    if user is None:
+        owner += " (use --user NAME, because DynamicUser=yes gives no fixed user ID)"
+    return (
+        f"{path} is outside {state}, the only directory where this unit lets "
+        "syncd keep files (ProtectSystem=strict makes the rest read-only). "
+        f"Move it under {state}, or add ReadWritePaths={directory} to the "
+        f"[Service] section and make {directory} writable by {owner}"
     )

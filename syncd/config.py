@@ -23,6 +23,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from syncd import units
 from syncd.errors import ConfigError
@@ -126,6 +128,21 @@ class DaemonConfig(BaseModel):
     @property
     def port(self) -> int:
         return int(self.listen.rpartition(":")[2])
+
+    @property
+    def sqlite_path(self) -> str | None:
+        """The SQLite database file as written, relative or absolute.
+
+        None for PostgreSQL, an in-memory database or a URL that SQLAlchemy
+        cannot parse.
+        """
+        try:
+            url = make_url(self.database)
+        except ArgumentError:
+            return None
+        if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+            return None
+        return url.database
 
 
 class ProviderConfig(BaseModel):

@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import ColumnElement, case, func, or_, select
 
 from syncd.gaps import open_gaps
 from syncd.models import Cursor, Delivery, Event, Run, SourceStats, UTCDateTime
 from syncd.outbox import idempotency_key
+from syncd.patterns import is_pattern, pattern_to_regex
 from syncd.quarantine import quarantine_summary
 from syncd.rate_limit_state import load_rate_limit
 from syncd.store import SOURCES, Store
@@ -55,12 +56,30 @@ def list_events(
     if providers:
         statement = statement.where(Event.provider.in_(providers))  # type: ignore
     if types:
-        statement = statement.where(Event.type.in_(types))  # type: ignore
+        statement = statement.where(_type_condition(types))
     if sources:
         statement = statement.where(Event.first_source.in_(sources))  # type: ignore
     statement = statement.order_by(Event.offset).limit(limit)  # type: ignore[arg-type]
     with store.session() as session:
         return list(session.execute(statement).scalars())
+
+
+def _type_condition(types: tuple[str, ...]) -> ColumnElement[bool]:
+    """Return the condition that an entry's type is or matches one of ``types``.
+
+    Exact types are compared with IN, so "_" and "%" in them are literal.
+    Shell-style patterns become regular expressions, so that the database
+    filters before LIMIT applies.
+    """
+    exact = [type_ for type_ in types if not is_pattern(type_)]
+    conditions = [
+        Event.type.regexp_match(pattern_to_regex(type_))  # type: ignore[attr-defined]
+        for type_ in types
+        if is_pattern(type_)
+    ]
+    if exact:
+        conditions.append(Event.type.in_(exact))  # type: ignore[attr-defined]
+    return or_(*conditions)
 
 
 def find_event(store: Store, ref: str, provider: str | None = None) -> list[Event]:

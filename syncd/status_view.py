@@ -1,15 +1,17 @@
 """The text form of ``syncd status``: a table of providers and one of sinks.
 
-Tables are drawn with rich. On a terminal they fit its width and use colour.
-Anywhere else (a pipe, a file, a test runner) they are plain text with ASCII
-borders and no escape codes, and no cell is wrapped. Open gaps, quarantined
-items and the errors of failed runs are listed below the tables, one per
-line, so that ``grep`` finds them.
+Tables are drawn with rich. On a terminal they fit its width and use colour,
+unless ``NO_COLOR`` is set to a non-empty value (https://no-color.org), which
+leaves them without any escape codes. Anywhere else (a pipe, a file, a test
+runner) they are plain text with ASCII borders and no escape codes, and no
+cell is wrapped. Open gaps, quarantined items and the errors of failed runs
+are listed below the tables, one per line, so that ``grep`` finds them.
 """
 
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -45,7 +47,7 @@ def render_status(
     console = Console(
         file=io.StringIO(),
         force_terminal=terminal,
-        color_system="auto" if terminal else None,
+        color_system=_color_system(terminal),
         width=width if terminal and width else PLAIN_WIDTH,
         highlight=False,
         emoji=False,
@@ -66,6 +68,17 @@ def render_status(
     if terminal:
         return text
     return "".join(line.rstrip() + "\n" for line in text.splitlines())
+
+
+def _color_system(terminal: bool) -> str | None:
+    """Return rich's colour system, None for text without escape codes.
+
+    rich 15 reads ``NO_COLOR`` but drops only colours, and still writes bold
+    and other styles. Without a colour system it writes no escape codes.
+    """
+    if not terminal or os.environ.get("NO_COLOR", ""):
+        return None
+    return "auto"
 
 
 PROVIDER_FIGURES = (

@@ -17,12 +17,18 @@ import socket
 import tomllib
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from syncd.config import Config
 
 log = logging.getLogger(__name__)
 
 LISTEN_FDS_START = 3  # SD_LISTEN_FDS_START in sd-daemon.h
 WATCHDOG_SEC = 30  # WatchdogSec= of the generated unit, in seconds
+# Created by StateDirectory=syncd. It is the unit's working directory and the
+# only one where ProtectSystem=strict lets syncd write files that persist.
+STATE_DIRECTORY = "/var/lib/syncd"
 
 
 def notify(*lines: str) -> bool:
@@ -133,6 +139,27 @@ def _find_credentials(value: Any) -> Iterable[str]:
             yield from _find_credentials(item)
 
 
+def paths_outside_state_directory(config: Config) -> dict[str, str]:
+    """Return each file that syncd writes outside STATE_DIRECTORY, by its key.
+
+    These are the SQLite database and the file of each jsonl sink. Relative
+    paths resolve against the unit's working directory, STATE_DIRECTORY.
+    Command sinks are left out, because their programs may write anywhere.
+    """
+    written = {"daemon.database": config.daemon.sqlite_path}
+    for name, sink in config.sinks.items():
+        if sink.kind == "jsonl":
+            written[f"sinks.{name}.path"] = sink.path
+    outside = {}
+    for key, path in written.items():
+        if path is None:
+            continue
+        absolute = os.path.normpath(os.path.join(STATE_DIRECTORY, path))
+        if not Path(absolute).is_relative_to(STATE_DIRECTORY):
+            outside[key] = absolute
+    return outside
+
+
 def render_unit(
     executable: str,
     config_path: str,
@@ -164,7 +191,7 @@ def render_unit(
         *identity,
         "StateDirectory=syncd",
         "StateDirectoryMode=0700",
-        "WorkingDirectory=/var/lib/syncd",
+        f"WorkingDirectory={STATE_DIRECTORY}",
         *loads,
         "UMask=0077",
         "NoNewPrivileges=yes",

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import pty
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -227,6 +231,109 @@ def test_list_filter_type_repeated(log: Log) -> None:
     entries = list_json(log, "--type", "customer.created", "--type", "invoice.voided")
 
     assert keys_of(entries) == ["evt_2", "evt_4"]
+
+
+# Types for --type patterns. Some contain "_" and "%", the wildcards of SQL
+# LIKE, which must match only themselves.
+TYPED_RECORDS = [
+    ("evt_1", "invoice.paid"),
+    ("evt_2", "charge.failed"),
+    ("evt_3", "invoice_paid"),
+    ("evt_4", "invoiceXpaid"),
+    ("evt_5", "charge.Failed"),
+    ("evt_6", "discount.50%"),
+    ("evt_7", "discount.50x"),
+    ("evt_8", "invoice.voided"),
+    ("evt_9", "Invoice.paid"),
+    ("evt_10", "charge.bailed"),
+]
+
+
+@pytest.fixture
+def typed_log(database_url: str, tmp_path: Path) -> Iterator[Path]:
+    """Return a configuration whose log, on each database kind, has TYPED_RECORDS."""
+    config = tmp_path / "typed.toml"
+    config.write_text(
+        f'[daemon]\ndatabase = "{database_url}"\n\n'
+        '[providers.payments]\nconnector = "stripe"\n'
+        f'api_token = "{API_TOKEN}"\n',
+        encoding="utf-8",
+    )
+    store = Store(database_url)
+    records = [make_record(key, type_) for key, type_ in TYPED_RECORDS]
+    try:
+        with store.session() as session:
+            record_events(session, "payments", "poll", records, T0)
+    finally:
+        store.dispose()
+    yield config
+
+
+def typed_keys(config: Path, *args: str) -> list[str]:
+    """Run ``events list --json`` on ``config`` and return the listed keys."""
+    result = invoke("events", "list", "-c", str(config), "--json", *args)
+    assert result.exit_code == 0, result.output
+    return keys_of(json.loads(result.stdout))
+
+
+def test_list_type_star_pattern(typed_log: Path) -> None:
+    """--type 'invoice.*' keeps the types that start with 'invoice.'."""
+    assert typed_keys(typed_log, "--type", "invoice.*") == ["evt_1", "evt_8"]
+
+
+def test_list_type_question_pattern(typed_log: Path) -> None:
+    """--type 'charge.?ailed' matches any one character in place of '?'."""
+    keys = typed_keys(typed_log, "--type", "charge.?ailed")
+
+    assert keys == ["evt_2", "evt_5", "evt_10"]
+
+
+def test_list_type_bracket_pattern(typed_log: Path) -> None:
+    """--type takes [seq] and [!seq] as fnmatch does."""
+    assert typed_keys(typed_log, "--type", "charge.[fF]ailed") == ["evt_2", "evt_5"]
+    assert typed_keys(typed_log, "--type", "charge.[!f]ailed") == ["evt_5", "evt_10"]
+
+
+def test_list_type_pattern_case_sensitive(typed_log: Path) -> None:
+    """A pattern matches case-sensitively, as a sink's types do."""
+    assert typed_keys(typed_log, "--type", "Invoice.*") == ["evt_9"]
+
+
+def test_list_type_sql_wildcards_literal(typed_log: Path) -> None:
+    """'_' and '%' match only themselves, in exact types and in patterns."""
+    assert typed_keys(typed_log, "--type", "invoice_paid") == ["evt_3"]
+    assert typed_keys(typed_log, "--type", "discount.50%") == ["evt_6"]
+    assert typed_keys(typed_log, "--type", "invoice_*") == ["evt_3"]
+    assert typed_keys(typed_log, "--type", "*%") == ["evt_6"]
+
+
+def test_list_type_pattern_and_exact(typed_log: Path) -> None:
+    """Patterns and exact types combine: an entry matching either is listed."""
+    keys = typed_keys(typed_log, "--type", "discount.*", "--type", "invoice.paid")
+
+    assert keys == ["evt_1", "evt_6", "evt_7"]
+
+
+def test_list_type_pattern_limit_after(typed_log: Path) -> None:
+    """--limit and --after apply to the entries that match the pattern."""
+    listed = invoke("events", "list", "-c", str(typed_log), "--json")
+    offsets = {entry["key"]: entry["offset"] for entry in json.loads(listed.stdout)}
+    after = str(offsets["evt_2"])
+
+    keys = typed_keys(typed_log, "--type", "charge.*", "--after", after)
+    limited = typed_keys(typed_log, "--type", "charge.*", "--limit", "2")
+
+    assert keys == ["evt_5", "evt_10"]
+    assert limited == ["evt_2", "evt_5"]
+
+
+def test_list_help_describes_type_patterns() -> None:
+    """events list --help gives the pattern form of --type with an example."""
+    result = invoke("events", "list", "--help")
+
+    assert result.exit_code == 0, result.output
+    assert "shell-style" in result.stdout
+    assert "'invoice.*'" in result.stdout
 
 
 def test_list_filter_source(log: Log) -> None:
@@ -719,6 +826,48 @@ def test_status_piped_has_no_escape_codes(
     assert "payments" in table
     for line in table.splitlines():
         assert line == line.rstrip()
+
+
+def status_on_terminal(config: Path, **env: str) -> str:
+    """Run ``syncd status`` with its output on a pseudo-terminal and return it."""
+    controller, terminal = pty.openpty()
+    environment = {**os.environ, "COLUMNS": "250", **env}
+    environment.pop("SYNCD_CONFIG", None)
+    command = [sys.executable, "-c", "from syncd.cli import main; main()"]
+    process = subprocess.Popen(
+        [*command, "status", "-c", str(config)],
+        stdout=terminal,
+        stderr=subprocess.DEVNULL,
+        env=environment,
+    )
+    os.close(terminal)
+    chunks = []
+    with os.fdopen(controller, "rb", buffering=0) as output:
+        while True:
+            try:
+                chunk = output.read(65536)
+            except OSError:  # EIO: the program exited and closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    assert process.wait(timeout=60) == 0
+    return b"".join(chunks).decode()
+
+
+def test_status_terminal_has_colour(recent: RecentLog) -> None:
+    """status on a terminal styles its output."""
+    table = status_on_terminal(recent.config, NO_COLOR="")
+
+    assert "\x1b[" in table
+
+
+def test_status_terminal_no_color(recent: RecentLog) -> None:
+    """status on a terminal with NO_COLOR set writes no escape codes at all."""
+    table = status_on_terminal(recent.config, NO_COLOR="1")
+
+    assert "\x1b[" not in table
+    assert "payments" in table
 
 
 def test_missing_database_directory_exits(tmp_path: Path) -> None:

@@ -675,6 +675,20 @@ def test_rejection_stale_message(intake: Intake) -> None:
     assert "outside the 300s tolerance" in response.json()["error"]
 
 
+def test_rejection_implausible_timestamp(intake: Intake) -> None:
+    """An absurd signed timestamp gets 401 and a message calling it implausible."""
+    body = event_body()
+    headers = {"Stripe-Signature": signature(body, timestamp=10**30)}
+
+    response = post(intake.client, body, headers)
+
+    assert response.status_code == 401
+    error = response.json()["error"]
+    assert "is not a plausible Unix time in seconds" in error
+    assert str(10**30) not in error
+    assert SECRET not in error
+
+
 def test_chunked_over_limit_stops(intake: Intake, store: Store) -> None:
     """A chunked body over max_body gets 413 before the rest is read."""
     total_chunks = 64

@@ -107,12 +107,34 @@ def test_plain_figures_of_polling_provider() -> None:
     assert "resets in 4m" in text
 
 
-def test_terminal_has_colour() -> None:
+def test_terminal_has_colour(monkeypatch: pytest.MonkeyPatch) -> None:
     """A terminal gets colour: the failed poll is styled."""
+    monkeypatch.delenv("NO_COLOR", raising=False)
+
     text = render(terminal=True, width=250)
 
     assert ANSI.search(text)
     assert "failed" in ANSI.sub("", text)
+
+
+def test_terminal_no_color_is_plain(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With NO_COLOR set, a terminal gets no escape codes, not even bold."""
+    monkeypatch.setenv("NO_COLOR", "1")
+
+    text = render(terminal=True, width=250)
+
+    assert "\x1b[" not in text
+    assert "│ payments " in text
+    assert "failed" in text
+
+
+def test_terminal_empty_no_color_keeps_colour(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An empty NO_COLOR does not turn colour off."""
+    monkeypatch.setenv("NO_COLOR", "")
+
+    assert ANSI.search(render(terminal=True, width=250))
 
 
 def test_terminal_wide_layout() -> None:

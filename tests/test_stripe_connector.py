@@ -299,6 +299,33 @@ def test_tolerance_from_provider_narrower() -> None:
     assert "outside the 30s tolerance" in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "timestamp", [10**30, 10**400, T0 * 1000, -T0], ids=["e30", "e400", "ms", "neg"]
+)
+def test_tolerance_implausible_timestamp(timestamp: int) -> None:
+    """A timestamp decades from the clock is called implausible, not aged."""
+    headers = signed_headers(RAW_BODY, timestamp)
+    with pytest.raises(TimestampError) as caught:
+        make_connector().verify_webhook(headers, RAW_BODY, T0)
+    message = str(caught.value)
+    assert "is not a plausible Unix time in seconds" in message
+    assert "signs with Unix time in seconds" in message
+    assert "this host's clock is right" in message
+    assert "s ahead of" not in message
+    assert "s behind" not in message
+    assert RAW_SECRET not in message
+
+
+def test_tolerance_implausible_timestamp_shortened() -> None:
+    """A very long implausible timestamp is shortened in the message."""
+    headers = signed_headers(RAW_BODY, 10**30)
+    with pytest.raises(TimestampError) as caught:
+        make_connector().verify_webhook(headers, RAW_BODY, T0)
+    message = str(caught.value)
+    assert str(10**30) not in message
+    assert "10000000000000000000... (31 digits)" in message
+
+
 # parse_webhook
 
 

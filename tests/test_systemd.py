@@ -27,7 +27,7 @@ def _parse(text: str) -> configparser.RawConfigParser:
 def _unit(*args: str) -> str:
     result = CliRunner().invoke(main, ["systemd-unit", *args])
     assert result.exit_code == 0, result.output
-    return result.output
+    return result.stdout
 
 
 def test_unit_parses_with_keys():
@@ -100,6 +100,69 @@ def test_unit_credentials_from_config(tmp_path: Path):
         "LoadCredential=stripe-webhook-secret:"
         "/etc/syncd/credentials/stripe-webhook-secret",
     ]
+
+
+def _unit_for_config(tmp_path: Path, text: str) -> tuple[str, str]:
+    """Print the unit for a configuration file and return its stdout and stderr."""
+    config = tmp_path / "config.toml"
+    config.write_text(text, encoding="utf-8")
+    args = ["--executable", "/usr/bin/syncd", "--config-path", str(config)]
+    result = CliRunner().invoke(main, ["systemd-unit", *args])
+    assert result.exit_code == 0, result.output
+    return result.stdout, result.stderr
+
+
+def test_unit_warns_database_outside_state_directory(tmp_path: Path):
+    """A SQLite database outside /var/lib/syncd is named in a warning with the fix."""
+    stdout, stderr = _unit_for_config(
+        tmp_path, '[daemon]\ndatabase = "sqlite:////srv/syncd/syncd.db"\n'
+    )
+
+    assert "warning: daemon.database: /srv/syncd/syncd.db is outside" in stderr
+    assert "/var/lib/syncd" in stderr
+    assert "ReadWritePaths=/srv/syncd" in stderr
+    assert "warning" not in stdout
+    assert _parse(stdout)["Service"].get("ProtectSystem") == "strict"
+
+
+def test_unit_warns_jsonl_sink_outside_state_directory(tmp_path: Path):
+    """A jsonl sink writing outside /var/lib/syncd is named in a warning."""
+    _, stderr = _unit_for_config(
+        tmp_path,
+        '[sinks.archive]\nkind = "jsonl"\npath = "/srv/export/events.jsonl"\n',
+    )
+
+    assert "warning: sinks.archive.path: /srv/export/events.jsonl" in stderr
+    assert "ReadWritePaths=/srv/export" in stderr
+
+
+def test_unit_warns_path_leaving_state_directory(tmp_path: Path):
+    """A path that leaves /var/lib/syncd through '..' is outside it."""
+    _, stderr = _unit_for_config(
+        tmp_path, '[daemon]\ndatabase = "sqlite:////var/lib/syncd/../db/x.db"\n'
+    )
+
+    assert "warning: daemon.database: /var/lib/db/x.db is outside" in stderr
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        '[daemon]\ndatabase = "sqlite:////var/lib/syncd/syncd.db"\n',
+        '[daemon]\ndatabase = "sqlite:///relative.db"\n',
+        '[daemon]\ndatabase = "postgresql://syncd@127.0.0.1/syncd"\n',
+        '[sinks.archive]\nkind = "jsonl"\npath = "exports/events.jsonl"\n',
+        '[sinks.archive]\nkind = "jsonl"\npath = "/var/lib/syncd/events.jsonl"\n',
+        "not TOML [",
+    ],
+    ids=["default", "inside", "relative", "postgresql", "sink-relative", "sink", "bad"],
+)
+def test_unit_no_warning_inside_state_directory(tmp_path: Path, text: str):
+    """Paths under /var/lib/syncd, relative paths and PostgreSQL give no warning."""
+    _, stderr = _unit_for_config(tmp_path, text)
+
+    assert stderr == ""
 
 
 def test_unit_rejects_relative_executable():
