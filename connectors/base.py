@@ -344,6 +344,8 @@ def parse_json_body(body: bytes) -> tuple[str, Any]:
     # ValueError also covers integers over Python's 4300-digit limit.
     except ValueError as exc:
         raise PayloadError(f"body is not valid JSON: {exc}") from None
-    if json_depth(value) > MAX_JSON_DEPTH:
+    # Each level opens with a bracket, so a body with few brackets needs no walk.
+    brackets = text.count("{") + text.count("[")
+    if brackets > MAX_JSON_DEPTH and json_depth(value) > MAX_JSON_DEPTH:
         raise PayloadError(f"body is JSON nested deeper than {MAX_JSON_DEPTH} levels")
     return text, value

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from connectors.base import Connector, EventRecord, record_problem
 from syncd.bodies import BufferBudget, check_content_type, read_body
@@ -37,6 +37,7 @@ from syncd.writer import BatchWriter
 log = logging.getLogger(__name__)
 
 BOM = b"\xef\xbb\xbf"
+WEBHOOK_PREFIX = "/webhooks/"
 SKEW_WARNING_INTERVAL = 3600.0  # seconds between clock-skew warnings per provider
 
 
@@ -56,7 +57,7 @@ class IntakeState:
         self.buffers = BufferBudget(self.runtime.config.daemon.max_buffered)
 
 
-def create_app(state: IntakeState) -> Starlette:
+def create_app(state: IntakeState) -> ASGIApp:
     """Build the ASGI application of the webhook server."""
 
     async def webhook(request: Request) -> Response:
@@ -78,14 +79,46 @@ def create_app(state: IntakeState) -> Starlette:
         Route("/metrics", metrics, methods=["GET"]),
     ]
     daemon = state.runtime.config.daemon
-    middleware = [
-        Middleware(
-            RequestLimits,
-            max_url=daemon.max_url_length,
-            max_headers=daemon.max_header_size,
-        )
-    ]
-    return Starlette(routes=routes, middleware=middleware)
+    return RequestLimits(
+        WebhookFastPath(state, Starlette(routes=routes)),
+        max_url=daemon.max_url_length,
+        max_headers=daemon.max_header_size,
+    )
+
+
+class WebhookFastPath:
+    """ASGI app that sends webhook POSTs straight to their handler.
+
+    Starlette's routing and middleware took about 27 µs of CPU per request
+    here, measured with a bare handler, and the webhook route needs neither.
+    Other requests, including a webhook URL with another method, go to the
+    Starlette app, which routes them as before (a 405 for that URL).
+    """
+
+    def __init__(self, state: IntakeState, app: ASGIApp) -> None:
+        self.state = state
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            name = webhook_provider(scope["path"])
+            if name is not None:
+                scope.setdefault("path_params", {})["provider"] = name
+                request = Request(scope, receive, send)
+                response = await receive_webhook(self.state, request)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def webhook_provider(path: str) -> str | None:
+    """Return NAME for a path ``/webhooks/NAME`` or ``/webhooks/NAME/``, else None."""
+    if not path.startswith(WEBHOOK_PREFIX):
+        return None
+    name = path[len(WEBHOOK_PREFIX) :].removesuffix("/")
+    if not name or "/" in name:
+        return None
+    return name
 
 
 def _error(status: int, message: str) -> JSONResponse:

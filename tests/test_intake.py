@@ -22,12 +22,12 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import select
-from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 import syncd.writer
 from connectors.stripe import StripeConnector
 from syncd import config
-from syncd.intake import IntakeState, create_app
+from syncd.intake import IntakeState, create_app, webhook_provider
 from syncd.models import Event, SourceStats
 from syncd.runtime import Runtime
 from syncd.store import Store, WriteResult, make_engine
@@ -86,7 +86,7 @@ class AppClient:
     threads can send requests at the same time.
     """
 
-    def __init__(self, app: Starlette) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -111,7 +111,7 @@ class AppClient:
 class Intake:
     """One webhook server: its app, test client, writer and injected clock."""
 
-    app: Starlette
+    app: ASGIApp
     client: AppClient
     state: IntakeState
     writer: BatchWriter
@@ -151,12 +151,9 @@ def open_intake(
 ) -> Iterator[Intake]:
     settings = make_config(store.url, max_body)
     connectors = {
-        name: StripeConnector(provider)
-        for name, provider in settings.providers.items()
+        name: StripeConnector(provider) for name, provider in settings.providers.items()
     }
-    runtime = Runtime(
-        config=settings, store=store, connectors=connectors, clock=clock
-    )
+    runtime = Runtime(config=settings, store=store, connectors=connectors, clock=clock)
     writer = writer or BatchWriter(store, clock=clock.as_datetime)
     state = IntakeState(runtime=runtime, writer=writer)
     app = create_app(state)
@@ -256,7 +253,7 @@ def break_store(store: Store) -> None:
 
 
 def run_async(
-    app: Starlette, scenario: Callable[[httpx.AsyncClient], Awaitable[Any]]
+    app: ASGIApp, scenario: Callable[[httpx.AsyncClient], Awaitable[Any]]
 ) -> Any:
     """Run ``scenario`` with an httpx client that streams bodies into ``app``."""
 
@@ -309,6 +306,42 @@ def test_webhook_trailing_slash_stored(intake: Intake, store: Store) -> None:
     assert response.status_code == 200
     assert response.json() == {"status": "stored", "events": 1}
     assert len(read_log(store.url)) == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "provider"),
+    [
+        ("/webhooks/payments", "payments"),
+        ("/webhooks/payments/", "payments"),
+        ("/webhooks/", None),
+        ("/webhooks//", None),
+        ("/webhooks/payments/extra", None),
+        ("/webhookspayments", None),
+        ("/healthz", None),
+    ],
+)
+def test_webhook_path_provider(path: str, provider: str | None) -> None:
+    assert webhook_provider(path) == provider
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+def test_webhook_other_method_405(intake: Intake, store: Store, method: str) -> None:
+    """Only POST reaches the webhook handler; other methods get 405."""
+    body = event_body()
+    response = intake.client.request(
+        method, WEBHOOK_URL, content=body, headers=signed_headers(body)
+    )
+
+    assert response.status_code == 405
+    assert read_log(store.url) == []
+
+
+def test_webhook_nested_path_404(intake: Intake, store: Store) -> None:
+    body = event_body()
+    response = post(intake.client, body, path=WEBHOOK_URL + "/extra")
+
+    assert response.status_code == 404
+    assert read_log(store.url) == []
 
 
 def test_webhook_payload_exact(intake: Intake, store: Store) -> None:
@@ -564,71 +597,126 @@ def _rejections() -> list[Rejection]:
     bomb = gzip_bomb(32 * 1024 * 1024)
     return [
         Rejection(
-            "missing_signature", body, {"Content-Type": "application/json"},
-            401, "missing Stripe-Signature", "signature",
+            "missing_signature",
+            body,
+            {"Content-Type": "application/json"},
+            401,
+            "missing Stripe-Signature",
+            "signature",
         ),
         Rejection(
-            "wrong_secret", body,
+            "wrong_secret",
+            body,
             {"Stripe-Signature": signature(body, secret=OTHER_SECRET)},
-            401, "no v1 signature", "signature",
+            401,
+            "no v1 signature",
+            "signature",
         ),
         Rejection(
-            "changed_body", body.replace(b"Zo", b"Jo"), signed_headers(body),
-            401, "no v1 signature", "signature",
+            "changed_body",
+            body.replace(b"Zo", b"Jo"),
+            signed_headers(body),
+            401,
+            "no v1 signature",
+            "signature",
         ),
         Rejection(
-            "stale_timestamp", body,
+            "stale_timestamp",
+            body,
             {"Stripe-Signature": signature(body, timestamp=T0 - 400)},
-            401, "tolerance", "timestamp",
+            401,
+            "tolerance",
+            "timestamp",
         ),
         Rejection(
-            "future_timestamp", body,
+            "future_timestamp",
+            body,
             {"Stripe-Signature": signature(body, timestamp=T0 + 400)},
-            401, "tolerance", "timestamp",
+            401,
+            "tolerance",
+            "timestamp",
         ),
         Rejection(
-            "unknown_provider", body, signed_headers(body),
-            404, "no provider", None, "/webhooks/nowhere",
+            "unknown_provider",
+            body,
+            signed_headers(body),
+            404,
+            "no provider",
+            None,
+            "/webhooks/nowhere",
         ),
         Rejection(
-            "webhooks_off", body, signed_headers(body),
-            404, "no provider", None, "/webhooks/polled",
+            "webhooks_off",
+            body,
+            signed_headers(body),
+            404,
+            "no provider",
+            None,
+            "/webhooks/polled",
         ),
         Rejection(
-            "over_max_body", oversized, signed_headers(oversized),
-            413, "limit", "too_large",
+            "over_max_body",
+            oversized,
+            signed_headers(oversized),
+            413,
+            "limit",
+            "too_large",
         ),
         Rejection(
-            "not_json", not_json, signed_headers(not_json),
-            400, "not valid JSON", "payload",
+            "not_json",
+            not_json,
+            signed_headers(not_json),
+            400,
+            "not valid JSON",
+            "payload",
         ),
         Rejection(
-            "json_array", array, signed_headers(array),
-            400, "event object", "payload",
+            "json_array",
+            array,
+            signed_headers(array),
+            400,
+            "event object",
+            "payload",
         ),
         Rejection(
-            "missing_type", no_type, signed_headers(no_type),
-            400, "'type'", "payload",
+            "missing_type",
+            no_type,
+            signed_headers(no_type),
+            400,
+            "'type'",
+            "payload",
         ),
         Rejection(
-            "unsupported_encoding", compressed,
+            "unsupported_encoding",
+            compressed,
             signed_headers(body, **{"Content-Encoding": "br"}),
-            415, "Content-Encoding", None,
+            415,
+            "Content-Encoding",
+            None,
         ),
         Rejection(
-            "gzip_bomb", bomb,
+            "gzip_bomb",
+            bomb,
             signed_headers(body, **{"Content-Encoding": "gzip"}),
-            413, "limit", "too_large",
+            413,
+            "limit",
+            "too_large",
         ),
         Rejection(
-            "truncated_gzip", compressed[:-12],
+            "truncated_gzip",
+            compressed[:-12],
             signed_headers(body, **{"Content-Encoding": "gzip"}),
-            400, "truncated", "payload",
+            400,
+            "truncated",
+            "payload",
         ),
         Rejection(
-            "corrupt_gzip", b"\x1f\x8b" + b"\xff" * 40,
+            "corrupt_gzip",
+            b"\x1f\x8b" + b"\xff" * 40,
             signed_headers(body, **{"Content-Encoding": "gzip"}),
-            400, "decompressed", "payload",
+            400,
+            "decompressed",
+            "payload",
         ),
     ]
 
@@ -732,6 +820,7 @@ def test_declared_over_limit_reads_nothing(intake: Intake, store: Store) -> None
     assert response.status_code == 413
     assert consumed == 0
     assert read_log(store.url) == []
+
 
 def test_gzip_bomb_bounded_memory(intake: Intake, store: Store) -> None:
     """A gzip bomb inflating to 32 MiB is rejected without inflating it whole."""

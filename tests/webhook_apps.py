@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select
 from sqlmodel import SQLModel
-from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from connectors.registry import load_connector
 from syncd import config
@@ -208,7 +208,7 @@ class Clock:
 class App:
     """A webhook server app with its store and clock."""
 
-    app: Starlette
+    app: ASGIApp
     state: IntakeState
     store: Store
     clock: Clock
