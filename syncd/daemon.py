@@ -163,6 +163,8 @@ class Daemon:
                 port=daemon.port,
                 log_config=None,
                 access_log=False,
+                # syncd reads no client address, so X-Forwarded-* is not needed.
+                proxy_headers=False,
                 timeout_graceful_shutdown=int(daemon.shutdown_timeout.total_seconds()),
                 **uvicorn_options(daemon),
             ),
