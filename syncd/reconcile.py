@@ -75,6 +75,9 @@ class ProviderRunner:
         self._store_down_since: datetime | None = None
         self._repeats: _Repeats | None = None
         self._failed_on_store = False
+        # Ends of runs that the store was down to record, written before the
+        # next run: (run id, report, status, finished at).
+        self._unrecorded_ends: list[tuple[int, RunReport, str, datetime]] = []
 
     @property
     def name(self) -> str:
@@ -266,6 +269,7 @@ class ProviderRunner:
         window: Window | None = None,
     ) -> RunReport:
         """Run ``run`` between a 'running' and a final run record."""
+        self._record_earlier_ends()
         started_at = self._now()
         record_id = self._open_run(kind, trigger, started_at, window)
         empty = RunReport(self.name, kind, kind, window or Window(None, started_at))
@@ -301,30 +305,51 @@ class ProviderRunner:
     def _close_run(self, record_id: int | None, report: RunReport, status: str) -> None:
         if record_id is None:
             return
+        finished_at = self._now()
         try:
-            with self.store.session() as session:
-                run = session.get(Run, record_id)
-                assert run is not None
-                if report.skipped:
-                    session.delete(run)
-                    return
-                run.status = status
-                run.finished_at = self._now()
-                run.window_since = report.window.since
-                run.window_until = report.window.until
-                run.requests = report.requests
-                run.listed, run.new, run.already = (
-                    report.listed,
-                    report.new,
-                    report.already,
-                )
-                run.by_type = json.dumps(
-                    {k: asdict(v) for k, v in report.by_type.items()}
-                )
-                run.error = report.error
-                self._prune_runs(session, report.kind, record_id)
+            self._write_run_end(record_id, report, status, finished_at)
         except StoreUnavailableError as exc:
-            log.error("%s: cannot record the end of a run: %s", self.name, exc)
+            log.error(
+                "%s: cannot record the end of run %d: %s. It is recorded before "
+                "the next run, once the store is back",
+                self.name,
+                record_id,
+                exc,
+            )
+            self._unrecorded_ends.append((record_id, report, status, finished_at))
+
+    def _record_earlier_ends(self) -> None:
+        """Record the ends of earlier runs that met a store outage, oldest first."""
+        while self._unrecorded_ends:
+            try:
+                self._write_run_end(*self._unrecorded_ends[0])
+            except StoreUnavailableError:
+                return  # the next run meets the outage and logs it
+            self._unrecorded_ends.pop(0)
+
+    def _write_run_end(
+        self, record_id: int, report: RunReport, status: str, finished_at: datetime
+    ) -> None:
+        with self.store.session() as session:
+            run = session.get(Run, record_id)
+            if run is None:
+                return  # pruned by a later run's record
+            if report.skipped:
+                session.delete(run)
+                return
+            run.status = status
+            run.finished_at = finished_at
+            run.window_since = report.window.since
+            run.window_until = report.window.until
+            run.requests = report.requests
+            run.listed, run.new, run.already = (
+                report.listed,
+                report.new,
+                report.already,
+            )
+            run.by_type = json.dumps({k: asdict(v) for k, v in report.by_type.items()})
+            run.error = report.error
+            self._prune_runs(session, report.kind, record_id)
 
     def _prune_runs(self, session, kind: str, newest_id: int) -> None:
         session.execute(

@@ -1,0 +1,90 @@
+"""Run records whose end the store was down to write."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import respx
+from sqlalchemy import select
+
+from connectors.stripe import StripeConnector
+from syncd.errors import StoreUnavailableError
+from syncd.models import Run
+from syncd.reconcile import ProviderRunner
+from syncd.store import Store
+from tests.e2e.support import T0, make_config
+
+API = "http://127.0.0.1:9"
+EMPTY_PAGE = {"object": "list", "data": [], "has_more": False}
+
+
+def runs(store: Store) -> list[Run]:
+    with store.session() as session:
+        return list(session.execute(select(Run).order_by(Run.id)).scalars())
+
+
+def test_run_end_recorded_after_outage(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's end that met an outage is written before the next run."""
+    provider = make_config(store.url, API, webhooks=False).providers["payments"]
+    now = [float(T0)]
+    with httpx.Client() as client, respx.mock() as mock:
+        mock.get(f"{API}/v1/events").mock(
+            return_value=httpx.Response(200, json=EMPTY_PAGE)
+        )
+        runner = ProviderRunner(
+            store, StripeConnector(provider), client, clock=lambda: now[0]
+        )
+        write_end = runner._write_run_end
+
+        def store_down(*args: object) -> None:
+            raise StoreUnavailableError("connection refused (test outage)")
+
+        monkeypatch.setattr(runner, "_write_run_end", store_down)
+        (first,) = runner.poll()
+        during = runs(store)
+
+        monkeypatch.setattr(runner, "_write_run_end", write_end)
+        now[0] += 60
+        (second,) = runner.poll()
+        after = runs(store)
+
+    assert first.ok
+    assert second.ok
+    assert [run.status for run in during] == ["running"]
+    assert [run.status for run in after] == ["ok", "ok"]
+    assert after[0].finished_at is not None
+    assert after[0].finished_at.timestamp() == T0
+    assert after[1].finished_at is not None
+    assert after[1].finished_at.timestamp() == T0 + 60
+
+
+def test_run_end_kept_while_store_down(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An end still unwritable at the next run is kept for the run after it."""
+    provider = make_config(store.url, API, webhooks=False).providers["payments"]
+    with httpx.Client() as client, respx.mock() as mock:
+        mock.get(f"{API}/v1/events").mock(
+            return_value=httpx.Response(200, json=EMPTY_PAGE)
+        )
+        runner = ProviderRunner(
+            store, StripeConnector(provider), client, clock=lambda: T0
+        )
+        write_end = runner._write_run_end
+
+        def store_down(*args: object) -> None:
+            raise StoreUnavailableError("connection refused (test outage)")
+
+        monkeypatch.setattr(runner, "_write_run_end", store_down)
+        runner.poll()
+        runner.poll()
+        during = runs(store)
+
+        monkeypatch.setattr(runner, "_write_run_end", write_end)
+        runner.poll()
+        after = runs(store)
+
+    assert [run.status for run in during] == ["running", "running"]
+    assert [run.status for run in after] == ["ok", "ok", "ok"]
