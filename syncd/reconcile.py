@@ -316,6 +316,8 @@ class ProviderRunner:
                 record_id,
                 exc,
             )
+            # NOTE: a one-shot `syncd reconcile` has no next run, so its run
+            # stays 'running' in the store.
             self._unrecorded_ends.append((record_id, report, status, finished_at))
 
     def _record_earlier_ends(self) -> None:
