@@ -245,7 +245,7 @@ class GitHubConnector(Connector):
         kind, repository = _split_listing(listing)
         items = json_array(response)
         records, rejected = read_items(
-            items, lambda item: _listed_record(kind, item, repository)
+            items, lambda item, _text: _listed_record(kind, item, repository)
         )
         kept = [record for record in records if record is not None]
 

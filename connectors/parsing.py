@@ -210,18 +210,23 @@ def version_text(moment: datetime) -> str:
 
 
 def read_items(
-    items: list[Any], build: Callable[[Any], T]
+    items: list[Any],
+    build: Callable[[Any, str | None], T],
+    texts: list[str | None] | None = None,
 ) -> tuple[list[T], list[tuple[str, str]]]:
     """Build a record from each listed item, setting aside the unreadable ones.
 
+    ``build`` gets the item and its exact JSON text from ``texts`` (from
+    :func:`json_object_with_item_texts`), or None where there is no text.
     Returns the records and, for each item whose ``build`` raised ValueError,
     its JSON text and the reason, for ``Page.rejected``.
     """
     records: list[T] = []
     rejected: list[tuple[str, str]] = []
     for index, item in enumerate(items):
+        text = texts[index] if texts else None
         try:
-            records.append(build(item))
+            records.append(build(item, text))
         except (ValueError, RecursionError) as exc:
             rejected.append((item_text(item), f"item {index}: {exc}"))
     return records, rejected

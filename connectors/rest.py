@@ -297,7 +297,7 @@ class RestListing:
         body = response_json(response)
         items = self._items(body, response)
         records, rejected = read_items(
-            items, lambda item: self.record(item, dump_json(item))
+            items, lambda item, _text: self.record(item, dump_json(item))
         )
         next_request = self._next(request, response, body, items)
         return Page(records=records, next=next_request, rejected=rejected)

@@ -73,7 +73,7 @@ from connectors.base import (
     parse_json_body,
 )
 from connectors.parsing import (
-    json_object,
+    json_object_with_item_texts,
     link_request,
     parse_time,
     read_items,
@@ -253,10 +253,13 @@ class ShopifyConnector(Connector):
     def parse_page(
         self, listing: str, request: PageRequest, response: httpx.Response
     ) -> Page:
-        items = json_object(response).get(listing)
+        body, texts = json_object_with_item_texts(response, listing)
+        items = body.get(listing)
         if not isinstance(items, list):
             raise ResponseError(f"expected a JSON object with a {listing!r} array")
-        records, rejected = read_items(items, lambda item: listed_record(listing, item))
+        records, rejected = read_items(
+            items, lambda item, text: listed_record(listing, item, text), texts
+        )
 
         next_url = response.links.get("next", {}).get("url")
         next_request = None if next_url is None else link_request(next_url)
@@ -297,8 +300,12 @@ def webhook_record(
     return _event_record(resource, topic, text, headers)
 
 
-def listed_record(listing: str, item: Any) -> EventRecord:
-    """Build the record of one listed order or product."""
+def listed_record(listing: str, item: Any, text: str | None = None) -> EventRecord:
+    """Build the record of one listed order or product.
+
+    ``text`` is the item's exact JSON text in the page, stored as the payload;
+    without it the item is serialised.
+    """
     if not isinstance(item, dict):
         raise ValueError(f"expected a JSON object, got {type(item).__name__}")
     object_id = item.get("id")
@@ -310,7 +317,9 @@ def listed_record(listing: str, item: Any) -> EventRecord:
     else:
         kind = UPDATE_TOPICS[listing]
     resource = f"{_singular(listing)}:{object_id}"
-    return _version_record(resource, item, kind, dump_json(item))
+    return _version_record(
+        resource, item, kind, dump_json(item) if text is None else text
+    )
 
 
 def _version_record(

@@ -359,6 +359,37 @@ def test_next_page_from_link() -> None:
     )
 
 
+def test_listed_payload_exact_text() -> None:
+    """A listed order's payload is its text in the page, spelling kept."""
+    item = (
+        '{"id": 450789469, "total_price": 10.10, "note": "caf\\u00e9",\n'
+        ' "created_at": "2024-05-01T10:00:00-04:00",'
+        ' "updated_at": "2024-05-01T11:00:00-04:00"}'
+    )
+    body = f'{{"orders": [{item}]}}'.encode()
+
+    page = parse_listed(make_connector(), "orders", body)
+
+    assert [record.payload for record in page.records] == [item]
+
+
+def test_listed_repeated_key_serialised() -> None:
+    """An order repeating a key is stored serialised, with the last value."""
+    item = (
+        '{"id": 450789469, "note": "first", "note": "last",'
+        ' "created_at": "2024-05-01T10:00:00-04:00",'
+        ' "updated_at": "2024-05-01T11:00:00-04:00"}'
+    )
+    body = f'{{"orders": [{item}]}}'.encode()
+
+    page = parse_listed(make_connector(), "orders", body)
+
+    (record,) = page.records
+    assert record.payload != item
+    assert json.loads(record.payload)["note"] == "last"
+    assert record.payload.count('"note"') == 1
+
+
 def test_parse_page_rejects_missing_array() -> None:
     """A response without the listing's array is a ResponseError."""
     connector = make_connector()
