@@ -359,35 +359,31 @@ def test_next_page_from_link() -> None:
     )
 
 
+ORDER_TIMES = (
+    '"created_at": "2024-05-01T10:00:00-04:00", '
+    '"updated_at": "2024-05-01T11:00:00-04:00"'
+)
+
+
+def listed_payloads(fields: str) -> tuple[str, list[str]]:
+    """Return an order's text and the payloads read from a page of it alone."""
+    item = f'{{"id": 450789469, {fields}, {ORDER_TIMES}}}'
+    page = parse_listed(make_connector(), "orders", f'{{"orders": [{item}]}}'.encode())
+    return item, [record.payload for record in page.records]
+
+
 def test_listed_payload_exact_text() -> None:
     """A listed order's payload is its text in the page, spelling kept."""
-    item = (
-        '{"id": 450789469, "total_price": 10.10, "note": "caf\\u00e9",\n'
-        ' "created_at": "2024-05-01T10:00:00-04:00",'
-        ' "updated_at": "2024-05-01T11:00:00-04:00"}'
-    )
-    body = f'{{"orders": [{item}]}}'.encode()
-
-    page = parse_listed(make_connector(), "orders", body)
-
-    assert [record.payload for record in page.records] == [item]
+    item, payloads = listed_payloads('"total_price": 10.10,\n "note": "caf\\u00e9"')
+    assert payloads == [item]
 
 
 def test_listed_repeated_key_serialised() -> None:
     """An order repeating a key is stored serialised, with the last value."""
-    item = (
-        '{"id": 450789469, "note": "first", "note": "last",'
-        ' "created_at": "2024-05-01T10:00:00-04:00",'
-        ' "updated_at": "2024-05-01T11:00:00-04:00"}'
-    )
-    body = f'{{"orders": [{item}]}}'.encode()
-
-    page = parse_listed(make_connector(), "orders", body)
-
-    (record,) = page.records
-    assert record.payload != item
-    assert json.loads(record.payload)["note"] == "last"
-    assert record.payload.count('"note"') == 1
+    item, (payload,) = listed_payloads('"note": "first", "note": "last"')
+    assert payload != item
+    assert json.loads(payload)["note"] == "last"
+    assert payload.count('"note"') == 1
 
 
 def test_parse_page_rejects_missing_array() -> None:
