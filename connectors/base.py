@@ -13,6 +13,7 @@ happening, so that a webhook and the polled copy of it are one log entry.
 from __future__ import annotations
 
 import json
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -301,6 +302,21 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def finite_float(text: str) -> float:
+    """Parse a JSON number with a fraction or exponent; raise ValueError if infinite.
+
+    ``json`` turns a literal such as ``1e999`` into infinity, which JSON
+    cannot write back: a reader of the log would get ``Infinity``.
+    """
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(
+            f"number {text[:40]} is beyond the range of a 64-bit float, so "
+            "send it as a string instead"
+        )
+    return value
+
+
 def json_depth(value: Any) -> int:
     """Return how deeply arrays and objects nest in ``value`` (a scalar is 0)."""
     depth = 0
@@ -335,7 +351,10 @@ def parse_json_body(body: bytes) -> tuple[str, Any]:
         ) from None
     try:
         value = json.loads(
-            text, object_pairs_hook=_unique_object, parse_constant=_reject_constant
+            text,
+            object_pairs_hook=_unique_object,
+            parse_constant=_reject_constant,
+            parse_float=finite_float,
         )
     except RecursionError:
         raise PayloadError(

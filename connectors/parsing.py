@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import json.scanner
+import math
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -37,13 +38,24 @@ def _json(response: httpx.Response) -> Any:
     # ValueError also covers integers beyond Python's 4,300-digit limit.
     try:
         return response.json()
-    except (ValueError, RecursionError):
-        raise _not_json(response) from None
+    except (ValueError, RecursionError) as exc:
+        raise not_json_error(response, exc) from None
 
 
-def _not_json(response: httpx.Response) -> ResponseError:
+def not_json_error(
+    response: httpx.Response, error: BaseException, what: str = "response"
+) -> ResponseError:
+    """Return the error for a response body that ``json`` rejected with ``error``.
+
+    The message names the content type, the size and the parser's reason,
+    such as where a truncated body ends.
+    """
     kind = response.headers.get("content-type", "no content type")
-    return ResponseError(f"response is not JSON ({kind})")
+    reason = "nested too deeply" if isinstance(error, RecursionError) else error
+    return ResponseError(
+        f"{what} ({kind}, {len(response.content)} bytes) is not valid JSON: "
+        f"{str(reason)[:200]}"
+    )
 
 
 def json_object_with_item_texts(
@@ -54,8 +66,8 @@ def json_object_with_item_texts(
     The object is what :func:`json_object` returns. When ``body[key]`` is an
     array, the second value has one entry per item: the item's exact text in
     the response, or None. None marks an item whose text cannot be stored as
-    it is, because it contains ``NaN``/``Infinity`` or repeats a key in one
-    object.
+    it is, because it contains ``NaN``/``Infinity``, a number beyond the
+    range of a float (such as ``1e999``), or a key repeated in one object.
     Callers serialise those with ``dump_json``, which rejects the first and
     keeps the last value of a repeated key, as the parsed item does. Keeping
     the text saves serialising every listed item a second time. When
@@ -88,7 +100,9 @@ class _ItemScanner:
         self.key = key
         self.odd = 0  # NaN/Infinity constants and repeated keys seen so far
         decoder = json.JSONDecoder(
-            object_pairs_hook=self._object, parse_constant=self._constant
+            object_pairs_hook=self._object,
+            parse_constant=self._constant,
+            parse_float=self._float,
         )
         self.scan = json.scanner.make_scanner(decoder)
 
@@ -101,6 +115,12 @@ class _ItemScanner:
     def _constant(self, name: str) -> float:
         self.odd += 1
         return float(name)
+
+    def _float(self, text: str) -> float:
+        value = float(text)
+        if math.isinf(value):
+            self.odd += 1  # such as 1e999, which JSON cannot write back
+        return value
 
     def object(self, text: str) -> tuple[dict[str, Any], list[str | None]]:
         index = _skip(text, 0)

@@ -56,7 +56,7 @@ from connectors.base import (
     dump_json,
 )
 from connectors.base import parse_json_body as _parse_json_body
-from connectors.parsing import link_request, read_items
+from connectors.parsing import link_request, not_json_error, read_items
 from connectors.verifiers import VerifiedWebhooks, WebhookOptions
 from syncd.errors import ConfigError, PayloadError, ResponseError
 from syncd.units import to_utc_iso
@@ -542,10 +542,9 @@ def response_json(response: httpx.Response) -> Any:
     """Return a response's JSON; raise ResponseError if it is not JSON."""
     try:
         return response.json()
-    except (ValueError, RecursionError):
-        kind = response.headers.get("content-type", "no content type")
-        where = _describe_url(response)
-        raise ResponseError(f"the response from {where} is not JSON ({kind})") from None
+    except (ValueError, RecursionError) as exc:
+        what = f"the response from {_describe_url(response)}"
+        raise not_json_error(response, exc, what) from None
 
 
 def parse_time_value(value: Any, time_format: TimeFormat) -> datetime:

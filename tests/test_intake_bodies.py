@@ -62,6 +62,10 @@ BAD_BODIES = {
         "duplicate key 'dup'",
     ),
     "nan": (lambda body: with_field(body, '"x": NaN'), "NaN is not valid JSON"),
+    "infinite_float": (
+        lambda body: with_field(body, '"x": -1e999'),
+        "number -1e999 is beyond the range of a 64-bit float",
+    ),
     "huge_integer": (
         lambda body: with_field(body, '"x": ' + "9" * 5000),
         "not valid JSON",

@@ -119,11 +119,11 @@ BAD_RESPONSES = {
             text="<html><body>502 Bad Gateway</body></html>",
             headers={"content-type": "text/html"},
         ),
-        "not JSON (text/html)",
+        "(text/html, 41 bytes) is not valid JSON: Expecting value",
     ),
     "truncated": (
         httpx.Response(200, text='{"object": "list", "data": [{"id": "evt_'),
-        "not JSON",
+        "is not valid JSON: Unterminated string",
     ),
     "array": (httpx.Response(200, json=[]), "expected a JSON object"),
     "missing_data": (ok({"object": "list", "has_more": False}), "'data' array"),
@@ -228,6 +228,24 @@ def test_bad_item_quarantined(runner: ProviderRunner, store: Store) -> None:
     assert json.loads(rows[0].item) == bad
     assert "'type'" in rows[0].reason
     assert rows[0].seen_at == datetime.fromtimestamp(T0, UTC)
+
+
+def test_infinite_number_quarantined(runner: ProviderRunner, store: Store) -> None:
+    """An item with 1e999, which JSON cannot write back, is quarantined."""
+    items = [json.dumps(event(key)) for key in ("evt_1", "evt_2")]
+    bad = json.dumps(event("evt_big", amount=0)).replace(
+        '"amount": 0', '"amount": 1e999'
+    )
+    data = ", ".join([items[0], bad, items[1]])
+    text = f'{{"object": "list", "data": [{data}], "has_more": false}}'
+
+    report = poll_once(runner, httpx.Response(200, text=text))
+
+    assert report.ok
+    assert report.quarantined == 1
+    assert event_keys(store) == ["evt_1", "evt_2"]
+    (row,) = quarantined(store)
+    assert "evt_big" in row.item
 
 
 def test_bad_item_advances_cursor(runner: ProviderRunner, store: Store) -> None:

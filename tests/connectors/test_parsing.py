@@ -69,7 +69,14 @@ def test_text_keeps_number_spelling_and_escapes() -> None:
 
 @pytest.mark.parametrize(
     "item",
-    ['{"id": "a", "id": "b"}', '{"x": {"y": 1, "y": 2}}', '{"x": NaN}', "[Infinity]"],
+    [
+        '{"id": "a", "id": "b"}',
+        '{"x": {"y": 1, "y": 2}}',
+        '{"x": NaN}',
+        "[Infinity]",
+        '{"x": 1e999}',
+        "[-2E+400]",
+    ],
 )
 def test_unstorable_item_has_no_text(item: str) -> None:
     """An item with a repeated key or NaN gets None, and its neighbours a text."""
@@ -126,7 +133,7 @@ def test_byte_order_mark_accepted() -> None:
 )
 def test_invalid_json_raises(content: bytes) -> None:
     """Text that json.loads rejects raises ResponseError naming the content type."""
-    with pytest.raises(ResponseError, match="not JSON"):
+    with pytest.raises(ResponseError, match="is not valid JSON: "):
         json_object_with_item_texts(response(content), "data")
 
 
