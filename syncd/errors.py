@@ -47,10 +47,21 @@ class ProviderError(SyncdError):
 
 
 class RetriableError(ProviderError):
-    """A transient failure; ``retry_after`` is the server's wait in seconds."""
+    """A transient failure; ``retry_after`` is the server's wait in seconds.
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    ``rate_limited`` marks a rate limit that named no wait, which is waited
+    out with a longer backoff than other failures.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        retry_after: float | None = None,
+        *,
+        rate_limited: bool = False,
+    ) -> None:
         self.retry_after = retry_after
+        self.rate_limited = rate_limited
         super().__init__(message)
 
 

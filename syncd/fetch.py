@@ -144,20 +144,20 @@ class Fetcher:
         self._note_rate_limit(response)
         if response.status_code == 304 and validators:
             return response
-        self._check_long_retry_after(url, response)
-        _raise_for_status(url, response, self.clock())
+        asked = retry_after(response, url) if response.status_code >= 400 else None
+        self._check_long_retry_after(url, response, asked)
+        _raise_for_status(url, response, self.clock(), asked)
         return response
 
-    def _check_long_retry_after(self, url: str, response: httpx.Response) -> None:
+    def _check_long_retry_after(
+        self, url: str, response: httpx.Response, asked: float | None
+    ) -> None:
         """End the run when the server asks for a wait longer than a run may take.
 
         Retrying sooner than ``Retry-After`` asks would be ignored or
         penalised, so the wait is kept in the credential's budget instead and
         the next run continues from the same cursor.
         """
-        if response.status_code < 400:
-            return
-        asked = retry_after(response)
         if asked is None or asked <= self._wait_cap:
             return
         self.budget.block_for(asked, f"Retry-After {asked:.0f}s")
@@ -201,9 +201,17 @@ class Fetcher:
             self.budget.block_for(wait, reason)
 
     def _wait(self, state: RetryCallState) -> float:
+        """Return the wait before the next attempt, at most ``max_retry_wait``.
+
+        A rate limit that named no wait is waited out for 60 s, then twice as
+        long after each further one.
+        """
         backoff = self._backoff(state)
         error = state.outcome.exception() if state.outcome else None
         server_wait = getattr(error, "retry_after", None) or 0.0
+        if getattr(error, "rate_limited", False):
+            doublings = min(state.attempt_number - 1, 20)
+            server_wait = DEFAULT_RATE_LIMIT_WAIT * 2**doublings
         return min(max(backoff, server_wait), self._wait_cap)
 
     def _log_retry(self, state: RetryCallState) -> None:
@@ -218,19 +226,21 @@ class Fetcher:
         )
 
 
-def _raise_for_status(url: str, response: httpx.Response, now: float) -> None:
+def _raise_for_status(
+    url: str, response: httpx.Response, now: float, asked: float | None
+) -> None:
+    """Raise the error for a status other than 2xx; ``asked`` is its Retry-After."""
     status = response.status_code
     if 200 <= status < 300:
         return
     if status >= 500:
-        raise RetriableError(
-            f"GET {url} returned {status}", retry_after=retry_after(response)
-        )
+        raise RetriableError(f"GET {url} returned {status}", retry_after=asked)
     if status == 429 or (status == 403 and is_rate_limited(response)):
-        wait = retry_after(response) or header_rate_limit_wait(response, now)
+        wait = asked or header_rate_limit_wait(response, now)
         raise RetriableError(
             f"GET {url} returned {status} (rate limited)",
-            retry_after=wait or DEFAULT_RATE_LIMIT_WAIT,
+            retry_after=wait,
+            rate_limited=not wait,
         )
     if status in (401, 403):
         raise AuthenticationError(
@@ -240,8 +250,11 @@ def _raise_for_status(url: str, response: httpx.Response, now: float) -> None:
     raise ResponseError(f"GET {url} returned {status}: {_snippet(response)}")
 
 
-def retry_after(response: httpx.Response) -> float | None:
-    """Return the wait a ``Retry-After`` header asks for, in seconds, if readable."""
+def retry_after(response: httpx.Response, url: str | None = None) -> float | None:
+    """Return the wait a ``Retry-After`` header asks for, in seconds, if readable.
+
+    An unreadable value is logged, naming ``url`` when given, and ignored.
+    """
     value = response.headers.get("retry-after")
     if value is None:
         return None
@@ -252,7 +265,11 @@ def retry_after(response: httpx.Response) -> float | None:
     try:
         moment = parsedate_to_datetime(value)
     except (TypeError, ValueError):
-        log.warning("ignoring unreadable Retry-After header %r", value[:40])
+        log.warning(
+            "%signoring unreadable Retry-After header %r; waiting as if none was sent",
+            f"GET {url}: " if url else "",
+            value[:40],
+        )
         return None
     return max(0.0, moment.timestamp() - time.time())
 

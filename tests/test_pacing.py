@@ -263,6 +263,44 @@ def test_429_without_header_waits_default(runner_factory, clock):
 
 
 @respx.mock
+def test_429_without_header_doubles_wait(runner_factory, clock):
+    """Rate limits that name no wait are waited out for 60 s, then 120 s, 240 s."""
+    respx.get(f"{BASE}/v1/events").mock(
+        side_effect=[
+            httpx.Response(429),
+            httpx.Response(429, headers={"Retry-After": "soon"}),
+            httpx.Response(429),
+            page(event(1, T0 - 5)),
+        ]
+    )
+    runner = runner_factory(max_retry_wait="10m", max_attempts=5)
+
+    report = runner.poll()[0]
+
+    assert report.ok
+    assert runner.sleeps == [60, 120, 240]
+
+
+@respx.mock
+def test_unreadable_retry_after_logged_once(runner_factory, clock, caplog):
+    """An unreadable Retry-After is logged once per response, naming the URL."""
+    respx.get(f"{BASE}/v1/events").mock(
+        side_effect=[
+            httpx.Response(429, headers={"Retry-After": "soon"}),
+            page(event(1, T0 - 5)),
+        ]
+    )
+    runner = runner_factory()
+
+    runner.poll()
+
+    lines = [r.getMessage() for r in caplog.records if "Retry-After" in r.getMessage()]
+    assert len(lines) == 1
+    assert f"GET {BASE}/v1/events" in lines[0]
+    assert "'soon'" in lines[0]
+
+
+@respx.mock
 def test_plain_403_is_authentication_error(runner_factory, clock):
     """A 403 without rate-limit signs fails the run at once, naming the token."""
     respx.get(f"{BASE}/v1/events").mock(
