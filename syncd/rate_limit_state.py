@@ -132,6 +132,30 @@ def fetch_keeping_rate_limit(
         raise
 
 
+def clear_passed_block(store: Store, fetcher: Fetcher, now: datetime) -> None:
+    """Drop a saved ``blocked_until`` after a run whose requests all succeeded.
+
+    The provider answered, so the wait it once asked for no longer applies,
+    and ``syncd status`` stops showing it. A wait the budget still holds is
+    kept. A database error is logged, because the state is shown, not used.
+    """
+    if fetcher.budget.wait_time() > 0:
+        return
+    provider = fetcher.connector.provider.name
+    try:
+        with store.session() as session:
+            row = session.get(Cursor, (provider, RATE_LIMIT_LISTING))
+            state = json.loads(row.state) if row is not None else {}
+            if row is None or "blocked_until" not in state:
+                return
+            state.pop("blocked_until")
+            state.pop("reason", None)
+            row.state = json.dumps(state, sort_keys=True)
+            row.updated_at = now
+    except StoreUnavailableError as exc:
+        log.warning("%s: rate-limit state not updated: %s", provider, exc)
+
+
 def _iso(moment: float) -> str:
     return to_utc_iso(datetime.fromtimestamp(moment, UTC))
 

@@ -28,6 +28,7 @@ from syncd.metrics import Metrics
 from syncd.models import Event, Run
 from syncd.pacing import RateBudgets
 from syncd.polling import RunReport, clamp_to_retention, poll_listing, run_listing
+from syncd.rate_limit_state import clear_passed_block
 from syncd.store import Store, load_cursor, save_cursor
 from syncd.units import parse_time, to_utc_iso
 
@@ -274,6 +275,8 @@ class ProviderRunner:
         record_id = self._open_run(kind, trigger, started_at, window)
         empty = RunReport(self.name, kind, kind, window or Window(None, started_at))
         report, status = self._run_with_status(run, empty, fetcher)
+        if status == "ok":
+            clear_passed_block(self.store, fetcher, self._now())
         self.metrics.rate_limit_waits.labels(self.name).inc(fetcher.rate_limit_waits)
         self.metrics.rate_limit_wait_seconds.labels(self.name).inc(
             fetcher.rate_limit_wait_seconds

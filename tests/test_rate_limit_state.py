@@ -136,6 +136,18 @@ def test_failed_run_saves_wait(runner: ProviderRunner, store: Store) -> None:
     }
 
 
+def test_successful_run_clears_wait(runner: ProviderRunner, store: Store) -> None:
+    """A later run without rate-limit headers drops the wait a 429 asked for."""
+    poll_once(runner, httpx.Response(429, headers={"Retry-After": "3600"}))
+    # A runner with its own budget, as in a later `syncd reconcile` process.
+    later = ProviderRunner(store, runner.connector, runner.client, clock=Clock(T0 + 60))
+
+    report = poll_once(later, page_response("evt_1"))
+
+    assert report.ok, report.error
+    assert saved_state(store) == {}
+
+
 def test_no_headers_saves_nothing(runner: ProviderRunner, store: Store) -> None:
     """A provider that sends no rate-limit headers gets no rate-limit row."""
     poll_once(runner, page_response("evt_1"))
