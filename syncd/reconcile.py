@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 from sqlalchemy import delete, select
@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 KEEP_RUNS = 1000  # run records kept per provider and kind
 ORIGIN_LISTING = "@origin"  # cursor row that records a provider's first start
+# How long before now a scheduled reconcile's window ends. An estimate of how
+# late a webhook may still arrive, not a figure any provider publishes.
+WEBHOOK_SETTLE = timedelta(seconds=60)
 
 
 REPEAT_LOG_SECONDS = 3600.0  # between ERROR lines of one repeated failure
@@ -125,7 +128,10 @@ class ProviderRunner:
     ) -> RunReport:
         """List a window of every listing and add what the log lacks."""
         now = self._now()
-        window = Window(since=since or self._default_since(now), until=until or now)
+        since = since or self._default_since(now)
+        if until is None:
+            until = self._default_until(now, since, trigger)
+        window = Window(since=since, until=until)
         listings = self.connector.reconcile_listings()
         gap = None
         if listings == self.connector.listings():
@@ -184,6 +190,18 @@ class ProviderRunner:
             # "now" fetches no history from before the first start.
             since = max(since, self.origin(now))
         return since
+
+    def _default_until(self, now: datetime, since: datetime, trigger: str) -> datetime:
+        """Return the end of a window that webhooks still in flight stay out of.
+
+        A webhook sent a moment ago may arrive after a scheduled reconcile has
+        logged its event, which would count it as missed. The next scheduled
+        reconcile lists those last seconds. A reconcile run by hand lists up
+        to now.
+        """
+        if trigger != "schedule" or not self.connector.provider.webhooks_enabled:
+            return now
+        return max(since, now - WEBHOOK_SETTLE)
 
     def origin(self, now: datetime) -> datetime:
         """Return when syncd first ran for this provider, recording it if new."""

@@ -77,7 +77,8 @@ def test_lost_delete_webhook_recovered(database_url, simulator, harness_factory,
     harness = harness_factory(config)
     simulator.emit("customer.created", created=T0 - 120, object_id="cus_9")
     harness.runner.reconcile()
-    deleted = simulator.emit("customer.deleted", created=T0 - 10, object_id="cus_9")
+    # Older than the minute a scheduled reconcile leaves to webhooks in flight.
+    deleted = simulator.emit("customer.deleted", created=T0 - 90, object_id="cus_9")
 
     report = harness.runner.reconcile()
 

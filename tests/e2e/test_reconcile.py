@@ -91,6 +91,51 @@ def test_reconcile_records_both_streams(
     assert entry.duplicates == 1
 
 
+def test_scheduled_reconcile_leaves_last_minute(
+    database_url, simulator, harness_factory, clock
+):
+    """A webhook still in flight at a scheduled reconcile is not counted as missed."""
+    config = make_config(database_url, simulator.base_url, webhooks=True)
+    harness = harness_factory(config)
+    in_flight = simulator.emit("invoice.paid", created=int(clock()) - 10)
+
+    first = harness.runner.reconcile()
+    body = simulator.webhook_body(in_flight)
+    connector = harness.runtime.connectors["payments"]
+    with harness.runtime.store.session() as session:
+        record_events(
+            session,
+            "payments",
+            "webhook",
+            connector.parse_webhook({}, body),
+            parse_time("2024-05-01T10:00:05Z"),
+        )
+    clock.advance(15 * 60)
+    second = harness.runner.reconcile()
+
+    assert first.ok
+    assert first.listed == 0
+    assert second.ok
+    assert second.already == 1
+    assert second.new == 0
+    (entry,) = logged(harness.runtime.store)
+    assert entry.first_source == "webhook"
+
+
+def test_command_reconcile_lists_to_now(
+    database_url, simulator, harness_factory, clock
+):
+    """A reconcile run by hand lists events up to this moment."""
+    config = make_config(database_url, simulator.base_url, webhooks=True)
+    harness = harness_factory(config)
+    simulator.emit("invoice.paid", created=int(clock()) - 10)
+
+    report = harness.runner.reconcile(trigger="command")
+
+    assert report.ok
+    assert report.new == 1
+
+
 def test_reconcile_dry_run_stores_nothing(
     database_url, simulator, harness_factory, clock
 ):
