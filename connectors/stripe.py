@@ -138,7 +138,7 @@ class StripeConnector(Connector):
             event.get("type"),
             event.get("created"),
         )
-        if not isinstance(event_id, str) or not event_id:
+        if not isinstance(event_id, str) or not event_id.strip():
             raise ValueError("event has no string 'id'")
         if not isinstance(kind, str) or not kind:
             raise ValueError(f"event {event_id} has no string 'type'")
@@ -152,11 +152,7 @@ class StripeConnector(Connector):
                 f"event {event_id} has 'created' {created}, which is out of range"
             ) from None
 
-        resource = None
-        data = event.get("data")
-        target = data.get("object") if isinstance(data, dict) else None
-        if isinstance(target, dict) and "id" in target:
-            resource = f"{target.get('object', 'object')}:{target['id']}"
+        resource = _resource(event)
         return EventRecord(
             key=event_id,
             type=kind,
@@ -189,6 +185,19 @@ def parse_signature_header(value: str | None) -> tuple[int, list[str]]:
     if not signatures:
         raise SignatureError("Stripe-Signature header has no v1= signature")
     return timestamp, signatures
+
+
+def _resource(event: dict[str, Any]) -> str | None:
+    """Return ``object:id`` of the event's ``data.object``; None without a scalar id."""
+    data = event.get("data")
+    target = data.get("object") if isinstance(data, dict) else None
+    if not isinstance(target, dict):
+        return None
+    target_id = target.get("id")
+    if isinstance(target_id, bool) or not isinstance(target_id, str | int):
+        return None
+    kind = target.get("object")
+    return f"{kind if isinstance(kind, str) else 'object'}:{target_id}"
 
 
 def _last_id(data: list[Any]) -> str | None:

@@ -351,6 +351,32 @@ def test_parse_webhook_keeps_non_ascii() -> None:
     assert "Zoë" in record.payload
 
 
+@pytest.mark.parametrize(
+    ("target", "resource"),
+    [
+        ({"id": "in_1", "object": "invoice"}, "invoice:in_1"),
+        ({"id": 42}, "object:42"),
+        ({"id": {"x": 1}, "object": "invoice"}, None),
+        ({"id": True, "object": "invoice"}, None),
+        ({"id": "in_1", "object": ["invoice"]}, "object:in_1"),
+        ({"object": "invoice"}, None),
+        ("in_1", None),
+    ],
+)
+def test_parse_webhook_resource(target: Any, resource: str | None) -> None:
+    """The resource is built only from a string or integer data.object.id."""
+    body = json.dumps(stripe_event(data={"object": target})).encode()
+    record = make_connector().parse_webhook({}, body)[0]
+    assert record.resource == resource
+
+
+@pytest.mark.parametrize("event_id", ["", "  ", "\t"])
+def test_parse_webhook_blank_id(event_id: str) -> None:
+    body = json.dumps(stripe_event(id=event_id)).encode()
+    with pytest.raises(PayloadError, match="no string 'id'"):
+        make_connector().parse_webhook({}, body)
+
+
 @pytest.mark.parametrize("body", [b"not json", b"", b"{", b"\xff\xfe{}"])
 def test_parse_webhook_not_json(body: bytes) -> None:
     """A body that is not JSON raises PayloadError."""
