@@ -15,6 +15,13 @@ class BodyTooLargeError(WebhookError):
     status = 413
 
 
+def _too_large(subject: str, limit: int) -> BodyTooLargeError:
+    return BodyTooLargeError(
+        f"{subject} is over the {limit}-byte limit; raise [daemon] max_body to "
+        "accept it"
+    )
+
+
 class UnsupportedEncodingError(WebhookError):
     """The Content-Encoding or Content-Type is not one syncd can decode."""
 
@@ -120,7 +127,7 @@ async def read_body(
     declared = headers.get("content-length", "")
     encoding = headers.get("content-encoding", "").strip().lower()
     if declared.isdigit() and int(declared) > limit:
-        raise BodyTooLargeError(f"body of {declared} bytes is over the {limit} limit")
+        raise _too_large(f"body of {declared} bytes", limit)
     inflater = _decompressor(encoding)
     budget = budget or BufferBudget(limit)
     parts: list[bytes] = []
@@ -164,10 +171,10 @@ async def _read_chunks(
     size = 0
     async for chunk in chunks:
         if inflater is not None:
-            chunk = _inflate(inflater, chunk, limit - size)
+            chunk = _inflate(inflater, chunk, limit - size, limit)
         size += len(chunk)
         if size > limit:
-            raise BodyTooLargeError(f"body is over the {limit} byte limit")
+            raise _too_large("body", limit)
         budget.take(len(chunk))
         parts.append(chunk)
 
@@ -181,11 +188,14 @@ async def _read_chunks(
             )
 
 
-def _inflate(inflater: zlib._Decompress, data: bytes, allowance: int) -> bytes:
+def _inflate(
+    inflater: zlib._Decompress, data: bytes, allowance: int, limit: int
+) -> bytes:
+    """Inflate ``data``; raise BodyTooLargeError past ``allowance`` more bytes."""
     try:
         output = inflater.decompress(data, allowance + 1)
     except zlib.error as exc:
         raise WebhookError(f"body cannot be decompressed: {exc}") from None
     if len(output) > allowance or inflater.unconsumed_tail:
-        raise BodyTooLargeError("decompressed body is over the size limit")
+        raise _too_large("decompressed body", limit)
     return output

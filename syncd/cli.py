@@ -20,12 +20,14 @@ from syncd import config as config_module
 from syncd.cli_db import register as register_db
 from syncd.cli_deliveries import register as register_deliveries
 from syncd.cli_service import systemd_unit
+from syncd.cli_types import OFFSET, bigint_range
 from syncd.errors import (
     EXIT_CONFIG,
     ConfigError,
     ListenError,
     StoreUnavailableError,
 )
+from syncd.file_checks import configured_file_problems, database_location_problem
 from syncd.polling import RunReport
 from syncd.runtime import Runtime
 from syncd.store import Store
@@ -102,22 +104,21 @@ def _open(path: str | None, *, store_only: bool = False) -> Runtime:
 
 
 def _check_database_exists(sqlite_path: str | None) -> None:
-    """Exit 78 when an SQLite database file is missing, instead of creating one.
+    """Exit 78 when the SQLite database file is missing or cannot be at its path.
 
     Only ``syncd run``, ``reconcile`` and ``db upgrade`` create the database,
     so a mistyped path in a reading command is reported, not hidden.
     """
     if sqlite_path is None:
         return
-    if not Path(sqlite_path).exists():
-        _config_problems(
-            ConfigError(
-                [
-                    f"daemon.database: file {sqlite_path} not found; check "
-                    "the path, or start syncd run once to create the database"
-                ]
-            )
+    problem = database_location_problem(sqlite_path)
+    if problem is None and not Path(sqlite_path).exists():
+        problem = (
+            f"daemon.database: file {sqlite_path} not found; check the path, or "
+            "start syncd run once to create the database"
         )
+    if problem is not None:
+        _config_problems(ConfigError([problem]))
 
 
 def _dump_text(value: Any, indent: int | None = None) -> str:
@@ -342,7 +343,7 @@ def _filter_options(function: Any) -> Any:
         ),
         click.option(
             "--after",
-            type=click.IntRange(min=0),
+            type=OFFSET,
             default=0,
             metavar="OFFSET",
             help="Only entries after this offset.",
@@ -358,7 +359,7 @@ def _filter_options(function: Any) -> Any:
 @_filter_options
 @click.option(
     "--limit",
-    type=click.IntRange(min=1),
+    type=bigint_range(1),
     default=100,
     show_default=True,
     help="Maximum number of entries printed.",
@@ -410,18 +411,27 @@ def events_show(config_path: str | None, ref: str, provider: str | None) -> None
 
 
 def _warn_unknown_providers(runtime: Runtime, names: Iterable[str]) -> None:
-    """Warn about provider names that the configuration does not define.
+    _warn_unknown_names(
+        "provider", names, runtime.config.providers, "entries in the log"
+    )
 
-    Entries of a provider since removed from the file stay in the log, so this
-    only warns; the query still runs.
+
+def _warn_unknown_names(
+    kind: str, names: Iterable[str], configured: Iterable[str], rows: str
+) -> None:
+    """Warn about each name in ``names`` that is not in ``configured``.
+
+    The rows of a provider or sink removed from the file stay in the store,
+    so this only warns and the query still runs. ``kind`` and ``rows`` name
+    the setting and its rows in the message.
     """
+    known = list(configured)
     for name in names:
-        if name not in runtime.config.providers:
-            configured = ", ".join(runtime.config.providers) or "none"
+        if name not in known:
             click.echo(
-                f"warning: no provider {name!r} in the configuration "
-                f"(configured: {configured}); its entries are listed if any "
-                "remain in the log",
+                f"warning: no {kind} {name!r} in the configuration "
+                f"(configured: {', '.join(known) or 'none'}); its {rows} are "
+                "listed if any remain",
                 err=True,
             )
 
@@ -502,9 +512,12 @@ def status(config_path: str | None, as_json: bool) -> None:
 def check_config(config_path: str | None) -> None:
     """Validate the configuration; list every problem and exit 78 if any."""
     config = _load_config(config_path)
+    problems, file_warnings = configured_file_problems(config)
+    if problems:
+        _config_problems(ConfigError(problems))
     warning = config_module.warn_if_world_readable(config)
-    if warning:
-        click.echo(f"warning: {warning}", err=True)
+    for text in filter(None, [warning, *file_warnings]):
+        click.echo(f"warning: {text}", err=True)
     names = ", ".join(
         f"{n} ({p.connector}, {p.mode})" for n, p in config.providers.items()
     )
@@ -564,10 +577,19 @@ def demo(count: int, drop: float, repeat: float, seed: int) -> None:
 
 
 main.add_command(systemd_unit)
-register_db(main, {"config": _config_option, "load": _load_config})
+register_db(
+    main,
+    {"config": _config_option, "load": _load_config, "problems": _config_problems},
+)
 register_deliveries(
     main,
-    {"config": _config_option, "json": _json_option, "open": _open, "when": _when},
+    {
+        "config": _config_option,
+        "json": _json_option,
+        "open": _open,
+        "when": _when,
+        "warn_unknown": _warn_unknown_names,
+    },
 )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from syncd.errors import ConfigError
 from syncd.migrate import current_revision, head_revision, upgrade
 from syncd.store import Store
 
@@ -11,6 +12,7 @@ from syncd.store import Store
 def register(main: click.Group, options: dict) -> None:
     """Add the ``db`` group to the main command."""
     config_option, load_config = options["config"], options["load"]
+    report_problems = options["problems"]
 
     @main.group()
     def db() -> None:
@@ -24,7 +26,10 @@ def register(main: click.Group, options: dict) -> None:
         syncd also upgrades at start; run this to upgrade ahead of a restart.
         """
         config = load_config(config_path)
-        store = Store(config.daemon.database, create=False)
+        try:
+            store = Store(config.daemon.database, create=False)
+        except ConfigError as exc:
+            report_problems(exc)
         try:
             before = current_revision(store.engine)
             upgrade(store.engine)

@@ -11,6 +11,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from syncd import outbox, queries
+from syncd.cli_types import ROW_ID, bigint_range
 from syncd.models import Delivery, Event
 from syncd.runtime import route_of
 from syncd.store import Store
@@ -18,11 +19,12 @@ from syncd.store import Store
 
 def register(main: click.Group, options: dict) -> None:
     """Add the ``deliveries`` group to the main command."""
-    config_option, json_option, open_runtime, when = (
+    config_option, json_option, open_runtime, when, warn_unknown = (
         options["config"],
         options["json"],
         options["open"],
         options["when"],
+        options["warn_unknown"],
     )
 
     @main.group()
@@ -48,7 +50,7 @@ def register(main: click.Group, options: dict) -> None:
     )
     @click.option(
         "--limit",
-        type=click.IntRange(min=1),
+        type=bigint_range(1),
         default=100,
         show_default=True,
         help="Maximum number of rows printed.",
@@ -57,6 +59,7 @@ def register(main: click.Group, options: dict) -> None:
     def list_command(config_path, statuses, sinks, limit, as_json):
         """List outbox rows, oldest first."""
         runtime = open_runtime(config_path, store_only=True)
+        warn_unknown("sink", sinks, runtime.config.sinks, "deliveries")
         try:
             rows = _list_rows(runtime.store, statuses, sinks, limit)
         finally:
@@ -74,7 +77,7 @@ def register(main: click.Group, options: dict) -> None:
 
     @deliveries.command("retry")
     @config_option
-    @click.argument("ids", nargs=-1, type=int)
+    @click.argument("ids", nargs=-1, type=ROW_ID)
     @click.option("--dead", is_flag=True, help="Retry every dead delivery.")
     @click.option("--sink", help="With --dead, only this sink's.")
     @json_option

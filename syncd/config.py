@@ -48,10 +48,16 @@ class SecretSource(BaseModel):
     credential: str | None = None
 
 
+START_FROM_FORMS = (
+    "'now', an ISO 8601 time with an offset such as '2024-05-01T10:00:00Z', or "
+    "a duration ago such as '7d'"
+)
+
+
 def _parse_start_from(value: Any) -> Any:
     if value == "now":
         return value
-    return units.parse_time(value)
+    return units.parse_time(value, forms=START_FROM_FORMS)
 
 
 class DaemonConfig(BaseModel):
@@ -114,10 +120,15 @@ class DaemonConfig(BaseModel):
     @classmethod
     def _check_listen(cls, value: str) -> str:
         host, _, port = value.rpartition(":")
-        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        if not host or not (port.isascii() and port.isdigit()):
             raise ValueError(
                 f"invalid listen address {value!r}: write HOST:PORT, "
                 "e.g. '127.0.0.1:8787'"
+            )
+        if int(port) > 65535:
+            raise ValueError(
+                f"invalid listen address {value!r}: port {port} is out of range "
+                "1 to 65535 (0 lets the system pick a free port)"
             )
         return value
 

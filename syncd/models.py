@@ -38,6 +38,11 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
+# The largest 64-bit signed integer: the maximum of a BIGINT on PostgreSQL and
+# of an INTEGER on SQLite, so no offset or row id is larger.
+MAX_BIGINT = 2**63 - 1
+
+
 def _time(nullable: bool = True) -> Any:
     return Field(default=None, sa_column=Column(UTCDateTime(), nullable=nullable))
 

@@ -11,13 +11,14 @@ again.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 from sqlalchemy.orm import Session
@@ -163,9 +164,29 @@ def _check_not_seen(listing: str, request: PageRequest, seen: set[PageRequest]) 
     if request in seen:
         raise ResponseError(
             f"the next page of {listing} is one already read in this run "
-            f"({request.url}); the provider's pagination loops"
+            f"({_describe_request(request)}); the provider's pagination loops"
         )
     seen.add(request)
+
+
+def _describe_request(request: PageRequest) -> str:
+    """Return the request's URL with its query parameters, for messages.
+
+    Connectors send the API token in a header. A parameter whose name
+    suggests a credential (a rest listing's ``params`` may hold one) is
+    shown as ``***``.
+    """
+    if not request.params:
+        return request.url
+    masked_params = [
+        (name, "***" if _SECRET_PARAM.search(name) else value)
+        for name, value in request.params
+    ]
+    separator = "&" if "?" in request.url else "?"
+    return request.url + separator + urlencode(masked_params, safe="[]*")
+
+
+_SECRET_PARAM = re.compile(r"key|token|secret|passw|auth|sig", re.IGNORECASE)
 
 
 def _store_page(

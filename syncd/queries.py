@@ -10,7 +10,15 @@ from typing import Any
 from sqlalchemy import ColumnElement, case, func, or_, select
 
 from syncd.gaps import open_gaps
-from syncd.models import Cursor, Delivery, Event, Run, SourceStats, UTCDateTime
+from syncd.models import (
+    MAX_BIGINT,
+    Cursor,
+    Delivery,
+    Event,
+    Run,
+    SourceStats,
+    UTCDateTime,
+)
 from syncd.outbox import idempotency_key
 from syncd.patterns import is_pattern, pattern_to_regex
 from syncd.quarantine import quarantine_summary
@@ -85,9 +93,10 @@ def _type_condition(types: tuple[str, ...]) -> ColumnElement[bool]:
 def find_event(store: Store, ref: str, provider: str | None = None) -> list[Event]:
     """Return the entries whose offset or dedup key is ``ref``."""
     statement = select(Event)
-    if ref.isdigit():
+    offset = _offset_of(ref)
+    if offset is not None:
         statement = statement.where(
-            (Event.offset == int(ref)) | (Event.key == ref)  # type: ignore[arg-type]
+            (Event.offset == offset) | (Event.key == ref)  # type: ignore[arg-type]
         )
     else:
         statement = statement.where(Event.key == ref)
@@ -95,6 +104,20 @@ def find_event(store: Store, ref: str, provider: str | None = None) -> list[Even
         statement = statement.where(Event.provider == provider)
     with store.session() as session:
         return list(session.execute(statement).scalars())
+
+
+def _offset_of(ref: str) -> int | None:
+    """Return ``ref`` as an offset, or None when it can only be a key.
+
+    Only ASCII digits up to MAX_BIGINT qualify, because the stores reject
+    larger integers and ``int`` would also read other Unicode digits. The
+    length check comes first, since ``int`` rejects strings over 4300 digits.
+    """
+    digits = ref.lstrip("0")
+    if not (ref.isascii() and ref.isdigit()) or len(digits) > len(str(MAX_BIGINT)):
+        return None
+    number = int(ref)
+    return number if number <= MAX_BIGINT else None
 
 
 @dataclass

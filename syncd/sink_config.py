@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -54,6 +54,18 @@ class SinkConfig(BaseModel):
     max_attempts: int = Field(default=40, ge=1, le=1000)
     max_age: Duration = timedelta(days=3)
     ordering: Literal["resource", "none"] = "resource"
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _check_command(cls, value: Any) -> Any:
+        if value is None:
+            return value
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(
+                "must be a list of strings, the program and then its arguments, "
+                'e.g. command = ["/usr/local/bin/handler", "--flag"]'
+            )
+        return value
 
     @field_validator("types")
     @classmethod

@@ -16,7 +16,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -34,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from connectors.base import EventRecord
 from syncd.errors import ConfigError, StoreUnavailableError
+from syncd.file_checks import database_location_problem
 from syncd.models import Cursor, Event
 from syncd.outbox import SinkRoute, create_deliveries
 from syncd.upsert import upsert_events
@@ -149,15 +149,9 @@ def _check_sqlite_directory(url: str) -> None:
     path = url.removeprefix("sqlite:///")
     if not path or path == ":memory:" or path.startswith("file:"):
         return
-    directory = Path(path).parent
-    if not directory.is_dir():
-        raise ConfigError(
-            [
-                f"daemon.database: directory {str(directory)!r} of the SQLite "
-                "database does not exist; create it (under systemd, "
-                "StateDirectory=syncd creates /var/lib/syncd) or change the path"
-            ]
-        )
+    problem = database_location_problem(path)
+    if problem is not None:
+        raise ConfigError([problem])
 
 
 def _configure_sqlite(connection: Any, _record: Any) -> None:

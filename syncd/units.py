@@ -72,19 +72,26 @@ def parse_size(value: str | int) -> int:
     return size
 
 
-def parse_time(value: str | datetime, now: datetime | None = None) -> datetime:
+# The forms that parse_time accepts, as its errors describe them.
+TIME_FORMS = (
+    "ISO 8601 with an offset, e.g. '2024-05-01T10:00:00Z', or a duration such as '6h'"
+)
+
+
+def parse_time(
+    value: str | datetime, now: datetime | None = None, *, forms: str = TIME_FORMS
+) -> datetime:
     """Parse an ISO 8601 time with an offset, or a duration meaning that long ago.
 
     The result is an aware UTC datetime. ``Z`` and ``+00:00`` are the same
     instant; a time without an offset is rejected rather than guessed.
+    ``forms`` is the list of valid forms that an error names. A caller that
+    also accepts other values, such as "now", passes its own list.
     """
     if isinstance(value, datetime):
         parsed = value
     elif not isinstance(value, str):
-        raise ValueError(
-            f"invalid time {value!r}: write ISO 8601 text with an offset, e.g. "
-            "'2024-05-01T10:00:00Z', or a duration such as '6h'"
-        )
+        raise ValueError(f"invalid time {value!r}: write {forms}")
     else:
         text = value.strip()
         if _DURATION.match(text):
@@ -99,10 +106,7 @@ def parse_time(value: str | datetime, now: datetime | None = None) -> datetime:
         try:
             parsed = datetime.fromisoformat(text.replace("z", "Z"))
         except ValueError:
-            raise ValueError(
-                f"invalid time {value!r}: write ISO 8601 with an offset, e.g. "
-                "'2024-05-01T10:00:00Z', or a duration such as '6h'"
-            ) from None
+            raise ValueError(f"invalid time {value!r}: write {forms}") from None
     if parsed.tzinfo is None:
         raise ValueError(
             f"invalid time {value!r}: it has no UTC offset; add 'Z' or e.g. '+02:00'"

@@ -327,6 +327,64 @@ def test_list_type_pattern_limit_after(typed_log: Path) -> None:
     assert limited == ["evt_2", "evt_5"]
 
 
+# One past the largest 64-bit signed integer, the widest that both stores keep.
+TOO_LARGE = ["9223372036854775808", "99999999999999999999999"]
+OFFSET_RANGE = "0<=x<=9223372036854775807"
+
+
+@pytest.mark.parametrize("command", ["list", "tail"])
+@pytest.mark.parametrize("after", [*TOO_LARGE, "-1"])
+def test_after_out_of_range_rejected(typed_log: Path, command: str, after: str):
+    """--after outside 0 to 2**63-1 is a usage error naming the range."""
+    result = invoke("events", command, "-c", str(typed_log), "--after", after)
+
+    assert result.exit_code == 2, result.output
+    assert "'--after'" in result.stderr
+    assert OFFSET_RANGE in result.stderr
+
+
+def test_after_largest_offset_accepted(typed_log: Path) -> None:
+    """--after 2**63-1 is valid and lists nothing."""
+    assert typed_keys(typed_log, "--after", str(2**63 - 1)) == []
+
+
+@pytest.mark.parametrize("limit", TOO_LARGE)
+def test_limit_out_of_range_rejected(typed_log: Path, limit: str) -> None:
+    """--limit above 2**63-1 is a usage error naming the range."""
+    result = invoke("events", "list", "-c", str(typed_log), "--limit", limit)
+
+    assert result.exit_code == 2, result.output
+    assert "'--limit'" in result.stderr
+    assert "1<=x<=9223372036854775807" in result.stderr
+
+
+@pytest.mark.parametrize("ref", [*TOO_LARGE, "9" * 5000, "\u00b2"])
+def test_show_number_beyond_offsets(typed_log: Path, ref: str) -> None:
+    """A reference that cannot be an offset is looked up as a key only."""
+    result = invoke("events", "show", "-c", str(typed_log), ref)
+
+    assert result.exit_code == 1, result.output
+    assert f"no log entry with offset or key {ref!r}" in result.stderr
+
+
+def test_show_numeric_key_beyond_offsets(typed_log: Path, database_url: str):
+    """A dedup key of digits too large for an offset is still found."""
+    key = TOO_LARGE[1]
+    store = Store(database_url)
+    try:
+        with store.session() as session:
+            record_events(
+                session, "payments", "poll", [make_record(key, "order.paid")], T0
+            )
+    finally:
+        store.dispose()
+
+    result = invoke("events", "show", "-c", str(typed_log), key)
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["key"] == key
+
+
 def test_list_help_describes_type_patterns() -> None:
     """events list --help gives the pattern form of --type with an example."""
     result = invoke("events", "list", "--help")

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from syncd import config as config_module
-from syncd import units
+from syncd import file_checks, units
 from syncd.cli import main
 from syncd.config import Config
 from syncd.errors import EXIT_CONFIG, ConfigError
@@ -239,6 +239,50 @@ def test_check_config_problem(
     assert fragment in find_problem(listed_problems(result), path)
 
 
+@pytest.mark.parametrize("port", ["65536", "99999"])
+def test_listen_port_out_of_range(tmp_path: Path, port: str) -> None:
+    """A listen port above 65535 is named with the valid range."""
+    text = f'[daemon]\nlisten = "127.0.0.1:{port}"\n'
+
+    result = check_config(write_config(tmp_path, text))
+
+    problem = find_problem(listed_problems(result), "daemon.listen")
+    assert result.exit_code == EXIT_CONFIG, result.output
+    assert f"port {port} is out of range 1 to 65535" in problem
+
+
+def test_listen_port_zero_valid() -> None:
+    """Port 0 is accepted: the system picks a free port."""
+    config = config_module.parse({"daemon": {"listen": "127.0.0.1:0"}})
+
+    assert config.daemon.port == 0
+
+
+@pytest.mark.parametrize("command", ['"/bin/true"', '["/bin/true", 1]'])
+def test_command_sink_needs_string_list(tmp_path: Path, command: str) -> None:
+    """A command sink's command that is not a list of strings shows the form."""
+    text = f'[sinks.run]\nkind = "command"\ncommand = {command}\n'
+
+    result = check_config(write_config(tmp_path, text))
+
+    problem = find_problem(listed_problems(result), "sinks.run.command")
+    assert result.exit_code == EXIT_CONFIG, result.output
+    assert "must be a list of strings" in problem
+    assert 'command = ["/usr/local/bin/handler", "--flag"]' in problem
+
+
+@pytest.mark.parametrize("value", ['"yesterday"', "5", '"Now"'])
+def test_start_from_names_every_form(tmp_path: Path, value: str) -> None:
+    """An invalid start_from names 'now', an ISO 8601 time and a duration."""
+    result = check_config(write_config(tmp_path, STRIPE + f"start_from = {value}\n"))
+
+    problem = find_problem(listed_problems(result), "providers.p.start_from")
+    assert result.exit_code == EXIT_CONFIG, result.output
+    assert "'now'" in problem
+    assert "ISO 8601 time with an offset" in problem
+    assert "a duration ago such as '7d'" in problem
+
+
 # Every problem at once
 
 ALL_PROBLEMS = """
@@ -331,6 +375,144 @@ def test_check_config_invalid_toml(tmp_path: Path) -> None:
 
     assert result.exit_code == EXIT_CONFIG
     assert "invalid TOML" in result.stderr
+
+
+# Files that syncd run opens
+
+
+def write_file_config(
+    directory: Path, database: Path, jsonl: Path | None = None
+) -> Path:
+    """Write a configuration with ``database`` and, if given, a jsonl sink file."""
+    text = f'[daemon]\ndatabase = "sqlite:///{database}"\n'
+    if jsonl is not None:
+        text += f'\n[sinks.log]\nkind = "jsonl"\npath = "{jsonl}"\n'
+    return write_config(directory, text)
+
+
+def test_check_config_database_directory_missing(tmp_path: Path) -> None:
+    """A database in a missing directory is a problem, as it is for syncd run."""
+    missing = tmp_path / "missing"
+    path = write_file_config(tmp_path, missing / "syncd.db")
+
+    checked = check_config(path)
+    ran = CliRunner().invoke(main, ["run", "-c", str(path)], env=CLEAN_ENV)
+
+    problem = find_problem(listed_problems(checked), "daemon.database")
+    assert checked.exit_code == EXIT_CONFIG, checked.output
+    assert f"directory '{missing}' does not exist" in problem
+    assert ran.exit_code == EXIT_CONFIG, ran.output
+    assert problem in ran.stderr
+
+
+def test_check_config_jsonl_directory_missing(tmp_path: Path) -> None:
+    """A jsonl sink file in a missing directory is a problem naming the sink."""
+    missing = tmp_path / "missing"
+    jsonl = missing / "events.jsonl"
+    path = write_file_config(tmp_path, tmp_path / "syncd.db", jsonl)
+
+    result = check_config(path)
+
+    problem = find_problem(listed_problems(result), "sinks.log.path")
+    assert result.exit_code == EXIT_CONFIG, result.output
+    assert f"directory '{missing}' does not exist" in problem
+
+
+def assert_reported_everywhere(path: Path, expected: str) -> None:
+    """Check that check-config, run and events list exit 78 with ``expected``."""
+    checked = check_config(path)
+    ran = CliRunner().invoke(main, ["run", "-c", str(path)], env=CLEAN_ENV)
+    listed = CliRunner().invoke(main, ["events", "list", "-c", str(path)])
+
+    for result in (checked, ran, listed):
+        assert result.exit_code == EXIT_CONFIG, result.output
+        assert listed_problems(result) == [expected]
+
+
+def test_database_path_is_directory(tmp_path: Path) -> None:
+    """A database path that is a directory gets a file in it as the fix."""
+    path = write_file_config(tmp_path, tmp_path)
+    expected = (
+        f"daemon.database: {tmp_path} is a directory; name a file in it, such "
+        f"as sqlite:///{tmp_path / 'syncd.db'}"
+    )
+
+    assert_reported_everywhere(path, expected)
+
+
+def test_database_path_under_file(tmp_path: Path) -> None:
+    """A database path below a regular file names that file, not a directory."""
+    path = write_config(tmp_path, "")
+    write_file_config(tmp_path, path / "x.db")
+    expected = (
+        f"daemon.database: {path} is a file, not a directory, so it cannot "
+        f"contain {path / 'x.db'}; name a file in a directory, such as "
+        f"sqlite:///{tmp_path / 'x.db'}"
+    )
+
+    assert_reported_everywhere(path, expected)
+
+
+def test_db_upgrade_path_problem(tmp_path: Path) -> None:
+    """db upgrade reports an unusable database path instead of a traceback."""
+    path = write_file_config(tmp_path, tmp_path)
+
+    result = CliRunner().invoke(main, ["db", "upgrade", "-c", str(path)])
+
+    assert result.exit_code == EXIT_CONFIG, result.output
+    assert f"{tmp_path} is a directory" in find_problem(
+        listed_problems(result), "daemon.database"
+    )
+
+
+def test_check_config_jsonl_path_faults(tmp_path: Path) -> None:
+    """A jsonl path that is a directory, or lies below a file, is a problem."""
+    regular = tmp_path / "regular.txt"
+    regular.write_text("", encoding="utf-8")
+    cases = {
+        tmp_path: f"{tmp_path} is a directory; name a file in it, such as "
+        f"{tmp_path / 'events.jsonl'}",
+        regular / "events.jsonl": f"{regular} is a file, not a directory",
+    }
+    for jsonl, fragment in cases.items():
+        path = write_file_config(tmp_path, tmp_path / "syncd.db", jsonl)
+
+        result = check_config(path)
+
+        assert result.exit_code == EXIT_CONFIG, result.output
+        assert fragment in find_problem(listed_problems(result), "sinks.log.path")
+
+
+def test_check_config_state_directory_warns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A missing state directory is a warning, since systemd creates it."""
+    state = tmp_path / "state"
+    monkeypatch.setattr(file_checks, "STATE_DIRECTORY", str(state))
+    path = write_file_config(tmp_path, state / "syncd.db", state / "events.jsonl")
+
+    result = check_config(path)
+
+    assert result.exit_code == 0, result.output
+    assert f"warning: daemon.database: directory '{state}' does not exist" in (
+        result.stderr
+    )
+    assert f"warning: sinks.log.path: directory '{state}' does not exist" in (
+        result.stderr
+    )
+    assert "StateDirectory=syncd creates it" in result.stderr
+
+
+def test_check_config_usable_files_valid(tmp_path: Path) -> None:
+    """Files in an existing directory pass check-config without a warning."""
+    jsonl = tmp_path / "events.jsonl"
+    path = write_file_config(tmp_path, tmp_path / "syncd.db", jsonl)
+
+    result = check_config(path)
+
+    assert result.exit_code == 0, result.output
+    assert "daemon.database" not in result.stderr
+    assert "sinks.log.path" not in result.stderr
 
 
 # Secrets

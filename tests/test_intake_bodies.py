@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
+import zlib
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
 from sqlalchemy import select
 
+from syncd.bodies import BodyTooLargeError, read_body
 from syncd.models import Event
 from syncd.store import Store
 from tests.webhook_apps import BY_NAME, PROVIDERS, App, Provider, open_app, row_counts
@@ -198,6 +201,46 @@ def test_non_ascii_payload_exact(app: App, store: Store) -> None:
 
     assert response.status_code == 200
     assert payloads(store) == [body.decode("utf-8")]
+
+
+# One byte over a max_body of "1KB" (1000 bytes).
+OVERSIZED = b" " * 1001
+OVER_LIMIT_CASES = {
+    "declared": ({"content-length": "1001"}, OVERSIZED),
+    "streamed": ({}, OVERSIZED),
+    "gzip": ({"content-encoding": "gzip"}, gzip.compress(OVERSIZED)),
+    "deflate": ({"content-encoding": "deflate"}, zlib.compress(OVERSIZED)),
+}
+
+
+async def stream_in_chunks(data: bytes) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), 256):
+        yield data[start : start + 256]
+
+
+@pytest.mark.parametrize("case", OVER_LIMIT_CASES)
+def test_over_limit_names_max_body(case: str) -> None:
+    """A body over the limit, as sent or once inflated, names limit and setting."""
+    headers, body = OVER_LIMIT_CASES[case]
+
+    with pytest.raises(BodyTooLargeError) as caught:
+        asyncio.run(read_body(headers, stream_in_chunks(body), 1000))
+
+    assert "over the 1000-byte limit" in str(caught.value)
+    assert "[daemon] max_body" in str(caught.value)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_inflated_over_limit_413(store: Store, encoding: str) -> None:
+    """A compressed body that inflates past max_body gets 413 naming the limit."""
+    provider = BY_NAME["stripe"]
+    _, body = OVER_LIMIT_CASES[encoding]
+    with open_app(store, max_body="1KB", max_buffered="1KB") as app:
+        response = send(app, provider, body, **{"Content-Encoding": encoding})
+
+    assert response.status_code == 413
+    assert "over the 1000-byte limit" in response.json()["error"]
+    assert "[daemon] max_body" in response.json()["error"]
 
 
 def test_buffers_full_503(store: Store) -> None:

@@ -15,10 +15,13 @@ import respx
 from click.testing import CliRunner
 from sqlalchemy import select
 
+from connectors.base import PageRequest
 from connectors.stripe import StripeConnector
 from syncd import config
 from syncd.cli import main
+from syncd.errors import ResponseError
 from syncd.models import Event, Quarantine
+from syncd.polling import _check_not_seen
 from syncd.queries import provider_status
 from syncd.reconcile import ProviderRunner
 from syncd.store import Store, load_cursor
@@ -209,6 +212,33 @@ def test_next_link_loop_fails(runner: ProviderRunner, store: Store) -> None:
     assert report.error is not None
     assert "pagination loops" in report.error
     assert cursor(store).get("high_water") is None
+
+
+def test_next_link_loop_names_query(runner: ProviderRunner) -> None:
+    """The pagination-loop error shows the repeated request's query parameters."""
+    first = ok(page(event("evt_1"), event("evt_2"), has_more=True))
+    again = ok(page(event("evt_2"), has_more=True))
+
+    report = poll_once(runner, first, again, again)
+
+    assert report.error is not None
+    assert "(/v1/events?" in report.error
+    assert "starting_after=evt_2" in report.error
+
+
+def test_loop_message_hides_credentials() -> None:
+    """Parameters named like credentials are masked in the loop message."""
+    params = (("api_key", "s3cret"), ("accessToken", "t0ken"), ("page", "2"))
+    request = PageRequest("/v2/items", params)
+    seen = {request}
+
+    with pytest.raises(ResponseError) as raised:
+        _check_not_seen("items", request, seen)
+
+    message = str(raised.value)
+    assert "/v2/items?api_key=***&accessToken=***&page=2" in message
+    assert "s3cret" not in message
+    assert "t0ken" not in message
 
 
 def test_bad_item_quarantined(runner: ProviderRunner, store: Store) -> None:

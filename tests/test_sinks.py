@@ -161,9 +161,9 @@ def test_http_body_not_read(store, sink_server):
 
 
 def test_http_errors_hide_url_secrets(store, sink_server, caplog):
-    """Errors and logs name the sink's origin, not tokens in its URL."""
+    """Errors and logs name the sink's origin, without credentials, path or query."""
     base = sink_server.base_url.replace("http://", "http://user:pw-secret@")
-    settings = http_sink(f"{base}/hooks/path-secret?token=query-secret")
+    settings = http_sink(f"{base}/hooks/path-secret?token=query-secret&v=")
     store.sink_routes = [route_of(settings)]
     log_events(store, [("evt_1", None, 0)])
     sink_server.fail_next(1, 503)
@@ -172,10 +172,24 @@ def test_http_errors_hide_url_secrets(store, sink_server, caplog):
     drain(make_worker(store, settings, Clock()))
 
     [row] = rows(store)
-    assert sink_server.received[0].path == "/hooks/path-secret?token=query-secret"
-    assert row.last_error == f"POST to {sink_server.base_url} answered 503"
-    for secret in ("pw-secret", "path-secret", "query-secret"):
+    assert sink_server.received[0].path == "/hooks/path-secret?token=query-secret&v="
+    assert row.last_error == f"POST to {sink_server.base_url}/… answered 503"
+    for secret in ("user", "pw-secret", "path-secret", "query-secret"):
         assert secret not in caplog.text, secret
+        assert secret not in row.last_error, secret
+
+
+def test_http_error_bare_origin(store, sink_server):
+    """A sink URL with no path is named as it is, with nothing marked as left out."""
+    settings = http_sink(sink_server.base_url)
+    store.sink_routes = [route_of(settings)]
+    log_events(store, [("evt_1", None, 0)])
+    sink_server.fail_next(1, 500)
+
+    drain(make_worker(store, settings, Clock()))
+
+    [row] = rows(store)
+    assert row.last_error == f"POST to {sink_server.base_url} answered 500"
 
 
 def test_sink_timeout_bounds():
@@ -616,6 +630,38 @@ def test_list_failed_past_limit(store, database_url, sink_server, tmp_path, now_
     assert [item["key"] for item in failed] == ["evt_late"]
 
 
+def test_list_unknown_sink_warns(store, database_url, sink_server, tmp_path):
+    """deliveries list --sink warns about a sink the configuration lacks."""
+    config = write_config(tmp_path / "c.toml", database_url, {"app": sink_server.url})
+
+    result = invoke("deliveries", "list", "-c", str(config), "--sink", "nope")
+
+    assert result.exit_code == 0, result.output
+    assert "warning: no sink 'nope' in the configuration" in result.stderr
+    assert "configured: app" in result.stderr
+
+
+def test_list_known_sink_no_warning(store, database_url, sink_server, tmp_path):
+    """deliveries list --sink with a configured sink prints no warning."""
+    config = write_config(tmp_path / "c.toml", database_url, {"app": sink_server.url})
+
+    result = invoke("deliveries", "list", "-c", str(config), "--sink", "app")
+
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.stderr
+
+
+def test_list_limit_out_of_range(store, database_url, sink_server, tmp_path):
+    """deliveries list --limit above 2**63-1 is a usage error naming the range."""
+    config = write_config(tmp_path / "c.toml", database_url, {"app": sink_server.url})
+
+    result = invoke("deliveries", "list", "-c", str(config), "--limit", "9" * 23)
+
+    assert result.exit_code == 2, result.output
+    assert "'--limit'" in result.stderr
+    assert "1<=x<=9223372036854775807" in result.stderr
+
+
 def test_retry_id_makes_due(store, database_url, sink_server, tmp_path, now_clock):
     """retry ID makes one waiting row due now, and the next run delivers it."""
     config = write_config(tmp_path / "c.toml", database_url, {"app": sink_server.url})
@@ -644,6 +690,19 @@ def test_retry_unknown_id_fails(store, database_url, sink_server, tmp_path):
     result = invoke("deliveries", "retry", "-c", str(config), "4242")
     assert result.exit_code != 0
     assert "4242" in result.output
+
+
+@pytest.mark.parametrize("delivery_id", ["0", "9223372036854775808", "9" * 23])
+def test_retry_id_out_of_range(database_url, sink_server, tmp_path, delivery_id):
+    """retry with an ID outside 1 to 2**63-1 is a usage error naming the range."""
+    config = write_config(tmp_path / "c.toml", database_url, {"app": sink_server.url})
+    Store(database_url).dispose()
+
+    result = invoke("deliveries", "retry", "-c", str(config), delivery_id)
+
+    assert result.exit_code == 2, result.output
+    assert "IDS" in result.stderr
+    assert "1<=x<=9223372036854775807" in result.stderr
 
 
 def test_replay_same_key(store, database_url, sink_server, tmp_path, now_clock):

@@ -28,17 +28,25 @@ def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
 
 
 def origin_of(url: str) -> str:
-    """Return ``scheme://host[:port]`` of a URL.
-
-    Errors name only the origin, because webhook URLs often carry a token in
-    the user part, the path or the query.
-    """
+    """Return ``scheme://host[:port]`` of a URL."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
     port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{host}{port}"
+
+
+def redact_webhook_url(url: str) -> str:
+    """Return a URL for errors and logs: its origin, and ``/…`` for the rest.
+
+    Webhook URLs often carry a token in the user part, the path (as Slack's
+    and Discord's do) or the query, so only the origin is shown. ``/…``
+    marks that a path or query was left out.
+    """
+    parts = urlsplit(url)
+    hidden = parts.path not in ("", "/") or parts.query
+    return origin_of(url) + ("/…" if hidden else "")
 
 
 class HttpSink(Sink):
@@ -49,7 +57,7 @@ class HttpSink(Sink):
         self.client = httpx.Client(
             timeout=settings.timeout.total_seconds(), trust_env=False
         )
-        self.origin = origin_of(settings.url)
+        self.redacted_url = redact_webhook_url(settings.url)
 
     def deliver(self, body: bytes, idempotency_key: str, timestamp: int) -> Outcome:
         headers = {
@@ -71,15 +79,15 @@ class HttpSink(Sink):
             ) as response:
                 status, wait = response.status_code, retry_after(response)
         except httpx.TimeoutException:
-            return Outcome.failed(f"POST to {self.origin} timed out")
+            return Outcome.failed(f"POST to {self.redacted_url} timed out")
         except httpx.TransportError as exc:
             return Outcome.failed(
-                f"POST to {self.origin} failed: {type(exc).__name__}: {exc}"
+                f"POST to {self.redacted_url} failed: {type(exc).__name__}: {exc}"
             )
         if 200 <= status < 300:
             return Outcome.ok()
         return Outcome.failed(
-            f"POST to {self.origin} answered {status}", retry_after=wait
+            f"POST to {self.redacted_url} answered {status}", retry_after=wait
         )
 
     def close(self) -> None:
