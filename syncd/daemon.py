@@ -267,6 +267,13 @@ class Daemon:
             )
             try:
                 return self._reload()
+            except Exception:  # noqa: BLE001 - a reload must never end the daemon
+                log.exception(
+                    "reload of %s stopped part-way; restart syncd "
+                    "(systemctl restart syncd) to apply the file in full",
+                    self.runtime.config.path,
+                )
+                return False
             finally:
                 systemd.notify("READY=1", systemd.status_line(self._serving_line()))
 

@@ -12,6 +12,7 @@ RateLimitedError instead of blocking it.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
@@ -37,6 +38,7 @@ from syncd.errors import (
 )
 from syncd.pacing import (
     DEFAULT_RATE_LIMIT_WAIT,
+    MAX_SERVER_WAIT,
     RateBudget,
     header_rate_limit_wait,
     is_rate_limited,
@@ -251,27 +253,38 @@ def _raise_for_status(
 
 
 def retry_after(response: httpx.Response, url: str | None = None) -> float | None:
-    """Return the wait a ``Retry-After`` header asks for, in seconds, if readable.
+    """Return the wait that a ``Retry-After`` header requests, in seconds.
 
-    An unreadable value is logged, naming ``url`` when given, and ignored.
+    An unreadable or negative value is logged, naming ``url`` when given, and
+    ignored. A wait beyond MAX_SERVER_WAIT, infinity included, is cut to it.
     """
     value = response.headers.get("retry-after")
     if value is None:
         return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    seconds = _retry_after_seconds(value)
+    if seconds is None:
         log.warning(
             "%signoring unreadable Retry-After header %r; waiting as if none was sent",
             f"GET {url}: " if url else "",
             value[:40],
         )
         return None
-    return max(0.0, moment.timestamp() - time.time())
+    return min(seconds, MAX_SERVER_WAIT)
+
+
+def _retry_after_seconds(value: str) -> float | None:
+    """Read delay seconds or an HTTP date; None for anything else or a negative."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            moment = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, moment.timestamp() - time.time())
+    if math.isnan(seconds) or seconds < 0:
+        return None
+    return seconds
 
 
 def _origin(url: str) -> tuple[str, str]:

@@ -7,7 +7,9 @@ also checks the file of each jsonl sink.
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,9 +51,27 @@ def file_location_problem(
     )
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every database
+
+
 def database_location_problem(path: str) -> str | None:
     """Return why the SQLite database file cannot be at ``path``, or None."""
-    return file_location_problem("daemon.database", path, "syncd.db", "sqlite:///")
+    problem = file_location_problem("daemon.database", path, "syncd.db", "sqlite:///")
+    if problem is not None or not os.path.lexists(path):
+        return problem
+    fix = "point daemon.database at syncd's database file or at a new path"
+    if not os.path.exists(path):
+        return f"daemon.database: {path} is a symbolic link to nothing; {fix}"
+    if not os.path.isfile(path):
+        return f"daemon.database: {path} is not a regular file; {fix}"
+    try:
+        with open(path, "rb") as database:
+            header = database.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        return f"daemon.database: cannot read {path} ({exc.strerror}); {fix}"
+    if header and header != SQLITE_HEADER:
+        return f"daemon.database: {path} is not an SQLite database; {fix}"
+    return None
 
 
 def configured_file_problems(config: Config) -> tuple[list[str], list[str]]:
@@ -63,7 +83,7 @@ def configured_file_problems(config: Config) -> tuple[list[str], list[str]]:
     """
     problems: list[str] = []
     warnings: list[str] = []
-    for key, path, file_name, prefix in _configured_files(config):
+    for key, path, check in _configured_files(config):
         if _in_missing_state_directory(path):
             warnings.append(
                 f"{key}: directory {STATE_DIRECTORY!r} does not exist yet; "
@@ -71,22 +91,28 @@ def configured_file_problems(config: Config) -> tuple[list[str], list[str]]:
                 "it yourself to run syncd outside systemd"
             )
             continue
-        problem = file_location_problem(key, path, file_name, prefix)
+        problem = check(path)
         if problem is not None:
             problems.append(problem)
     return problems, warnings
 
 
-def _configured_files(config: Config) -> list[tuple[str, str, str, str]]:
-    """Return (key, path, example file name, value prefix) of each file."""
-    files = []
+def _configured_files(
+    config: Config,
+) -> list[tuple[str, str, Callable[[str], str | None]]]:
+    """Return (key, path, check) of each file, the check giving its problem."""
+    files: list[tuple[str, str, Callable[[str], str | None]]] = []
     if config.daemon.sqlite_path is not None:
         files.append(
-            ("daemon.database", config.daemon.sqlite_path, "syncd.db", "sqlite:///")
+            ("daemon.database", config.daemon.sqlite_path, database_location_problem)
         )
     for name, sink in config.sinks.items():
         if sink.kind == "jsonl":
-            files.append((f"sinks.{name}.path", sink.path, "events.jsonl", ""))
+            key = f"sinks.{name}.path"
+            check = functools.partial(
+                file_location_problem, key, file_name="events.jsonl"
+            )
+            files.append((key, sink.path, check))
     return files
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 import threading
 import time
@@ -17,6 +18,9 @@ log = logging.getLogger(__name__)
 
 # Wait after a rate-limit answer that says nothing about when to come back.
 DEFAULT_RATE_LIMIT_WAIT = 60.0
+# The maximum server-set wait honoured, in seconds (30 days). A longer one,
+# infinity included, is cut to it.
+MAX_SERVER_WAIT = 30 * 86400.0
 _MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*(\d+)\s*(?:,|$)", re.I)
 
 
@@ -68,9 +72,12 @@ def header_rate_limit_wait(response: httpx.Response, now: float) -> float | None
         return None
     reset = response.headers.get("x-ratelimit-reset", "")
     try:
-        return max(0.0, float(reset) - now)
+        wait = float(reset) - now
     except ValueError:
         return DEFAULT_RATE_LIMIT_WAIT
+    if math.isnan(wait):
+        return DEFAULT_RATE_LIMIT_WAIT
+    return min(max(0.0, wait), MAX_SERVER_WAIT)
 
 
 def is_rate_limited(response: httpx.Response) -> bool:

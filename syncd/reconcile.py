@@ -292,7 +292,12 @@ class ProviderRunner:
         started_at = self._now()
         record_id = self._open_run(kind, trigger, started_at, window)
         empty = RunReport(self.name, kind, kind, window or Window(None, started_at))
-        report, status = self._run_with_status(run, empty, fetcher)
+        try:
+            report, status = self._run_with_status(run, empty, fetcher)
+        except KeyboardInterrupt:
+            empty.error = "interrupted (Ctrl-C)"
+            self._close_run(record_id, empty, "stopped")
+            raise
         if status == "ok":
             clear_passed_block(self.store, fetcher, self._now())
         self.metrics.rate_limit_waits.labels(self.name).inc(fetcher.rate_limit_waits)

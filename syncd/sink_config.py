@@ -117,11 +117,19 @@ class SinkConfig(BaseModel):
 
 
 def _check_http(url: str | None, secret: SecretStr | None) -> None:
-    parts = urlsplit(url or "")
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    # The URL is not echoed: webhook URLs often carry a token.
+    example = "e.g. 'https://app.example/hooks/syncd'"
+    try:
+        parts = urlsplit(url or "")
+        if parts.port == 0:
+            raise ValueError("port 0")
+    except ValueError as exc:
+        raise ValueError(f"url: invalid URL ({exc}); write it as {example}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        scheme = parts.scheme[:10] or "no scheme"
         raise ValueError(
-            f"url: an http sink needs a URL with scheme and host, e.g. "
-            f"'https://app.example/hooks/syncd' (got {url!r})"
+            f"url: an http sink needs an http or https URL with a host, {example} "
+            f"(got {scheme!r})"
         )
     if secret is None:
         return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -438,6 +439,61 @@ def test_database_path_is_directory(tmp_path: Path) -> None:
     )
 
     assert_reported_everywhere(path, expected)
+
+
+@pytest.mark.parametrize(
+    ("kind", "fault"),
+    [
+        ("text", "is not an SQLite database"),
+        ("dangling", "is a symbolic link to nothing"),
+        ("fifo", "is not a regular file"),
+    ],
+)
+def test_database_path_not_sqlite(tmp_path: Path, kind: str, fault: str) -> None:
+    """A database path that is not an SQLite file is named, with the fix."""
+    database = tmp_path / "syncd.db"
+    if kind == "text":
+        database.write_text("hello\n")
+    elif kind == "dangling":
+        database.symlink_to(tmp_path / "nowhere")
+    else:
+        os.mkfifo(database)
+    expected = (
+        f"daemon.database: {database} {fault}; point daemon.database at "
+        "syncd's database file or at a new path"
+    )
+
+    assert_reported_everywhere(write_file_config(tmp_path, database), expected)
+
+
+def test_database_empty_file_valid(tmp_path: Path) -> None:
+    """An empty file is a valid place for a new database."""
+    database = tmp_path / "syncd.db"
+    database.touch()
+
+    result = check_config(write_file_config(tmp_path, database))
+
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(
+    ("url", "fault"),
+    [
+        ("http://127.0.0.1:99999/hooks/SECRET1", "invalid URL (Port out of range"),
+        ("ftp://127.0.0.1/hooks/SECRET1", "needs an http or https URL"),
+        ("http://[::1/hooks/SECRET1", "invalid URL (Invalid IPv6 URL)"),
+    ],
+)
+def test_sink_url_invalid_hides_path(tmp_path: Path, url: str, fault: str) -> None:
+    """An unusable sink URL is named by its fault, never echoed with its token."""
+    text = f'[sinks.app]\nkind = "http"\nurl = "{url}"\n'
+
+    result = check_config(write_config(tmp_path, text))
+
+    problem = find_problem(listed_problems(result), "sinks.app.url")
+    assert result.exit_code == EXIT_CONFIG, result.output
+    assert fault in problem
+    assert "SECRET1" not in result.output
 
 
 def test_database_path_under_file(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import respx
 
 from syncd import config as config_module
 from syncd.pacing import RateBudgets
+from syncd.rate_limit_state import load_rate_limit
 from syncd.reconcile import ProviderRunner
 from syncd.runtime import Runtime
 from syncd.store import load_cursor
@@ -298,6 +299,44 @@ def test_unreadable_retry_after_logged_once(runner_factory, clock, caplog):
     assert len(lines) == 1
     assert f"GET {BASE}/v1/events" in lines[0]
     assert "'soon'" in lines[0]
+
+
+@pytest.mark.parametrize("value", ["99999999999999999999999", "inf", "1e999"])
+@respx.mock
+def test_huge_retry_after_ends_run(runner_factory, clock, value):
+    """A Retry-After beyond any plausible wait ends the run with its message."""
+    respx.get(f"{BASE}/v1/events").mock(
+        return_value=httpx.Response(429, headers={"Retry-After": value})
+    )
+    runner = runner_factory()
+
+    report = runner.poll()[0]
+
+    assert not report.ok
+    assert "longer than max_retry_wait" in (report.error or "")
+    with runner.store.session() as session:
+        state = load_rate_limit(session, "payments")
+    assert state is not None
+    assert state["blocked_until"].startswith("2024-05-31")
+
+
+@pytest.mark.parametrize("value", ["-5", "nan"])
+@respx.mock
+def test_invalid_retry_after_logged(runner_factory, clock, caplog, value):
+    """A negative or NaN Retry-After is logged as unreadable and not obeyed."""
+    respx.get(f"{BASE}/v1/events").mock(
+        side_effect=[
+            httpx.Response(429, headers={"Retry-After": value}),
+            page(event(1, T0 - 5)),
+        ]
+    )
+    runner = runner_factory()
+
+    report = runner.poll()[0]
+
+    assert report.ok
+    assert runner.sleeps == [60]
+    assert f"unreadable Retry-After header {value!r}" in caplog.text
 
 
 @respx.mock

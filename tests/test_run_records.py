@@ -88,3 +88,25 @@ def test_run_end_kept_while_store_down(
 
     assert [run.status for run in during] == ["running", "running"]
     assert [run.status for run in after] == ["ok", "ok", "ok"]
+
+
+def test_interrupted_run_recorded_stopped(store: Store) -> None:
+    """A run ended by Ctrl-C is recorded as stopped, not left running."""
+    provider = make_config(store.url, API, webhooks=False).providers["payments"]
+
+    def interrupt(request: httpx.Request) -> httpx.Response:
+        raise KeyboardInterrupt
+
+    # respx does not count a call whose side effect raises KeyboardInterrupt.
+    with httpx.Client() as client, respx.mock(assert_all_called=False) as mock:
+        mock.get(f"{API}/v1/events").mock(side_effect=interrupt)
+        runner = ProviderRunner(
+            store, StripeConnector(provider), client, clock=lambda: T0
+        )
+        with pytest.raises(KeyboardInterrupt):
+            runner.poll()
+
+    (run,) = runs(store)
+    assert run.status == "stopped"
+    assert run.finished_at is not None
+    assert run.error == "interrupted (Ctrl-C)"

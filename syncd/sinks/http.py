@@ -28,13 +28,9 @@ def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
 
 
 def origin_of(url: str) -> str:
-    """Return ``scheme://host[:port]`` of a URL."""
+    """Return ``scheme://host[:port]`` of a URL, without any user part."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}"
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
 
 def redact_webhook_url(url: str) -> str:

@@ -321,3 +321,20 @@ def test_reload_keeps_providers_on_empty_file(running, tmp_path, caplog):
     assert applied is False
     assert "names no [providers.NAME] table" in caplog.text
     assert _post(port, "payments", _sender("payments")) == 200
+
+
+def test_reload_error_keeps_serving(running, tmp_path, caplog, monkeypatch):
+    """An unexpected error while applying a file is logged; webhooks go on."""
+    daemon, path, port = running(_provider_table("payments", tmp_path))
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("sink could not be built")
+
+    monkeypatch.setattr(daemon, "_apply_sinks", broken)
+    with caplog.at_level(logging.ERROR, logger="syncd.daemon"):
+        applied = daemon.reload()
+
+    assert applied is False
+    assert "stopped part-way" in caplog.text
+    assert "sink could not be built" in caplog.text
+    assert _post(port, "payments", _sender("payments")) == 200
