@@ -43,17 +43,17 @@ def _json(response: httpx.Response) -> Any:
 
 
 def not_json_error(
-    response: httpx.Response, error: BaseException, what: str = "response"
+    response: httpx.Response, error: BaseException, subject: str = "response"
 ) -> ResponseError:
     """Return the error for a response body that ``json`` rejected with ``error``.
 
-    The message names the content type, the size and the parser's reason,
-    such as where a truncated body ends.
+    ``subject`` begins the message, which names the content type, the size
+    and the parser's reason, such as where a truncated body ends.
     """
     kind = response.headers.get("content-type", "no content type")
     reason = "nested too deeply" if isinstance(error, RecursionError) else error
     return ResponseError(
-        f"{what} ({kind}, {len(response.content)} bytes) is not valid JSON: "
+        f"{subject} ({kind}, {len(response.content)} bytes) is not valid JSON: "
         f"{str(reason)[:200]}"
     )
 

@@ -543,8 +543,8 @@ def response_json(response: httpx.Response) -> Any:
     try:
         return response.json()
     except (ValueError, RecursionError) as exc:
-        what = f"the response from {_describe_url(response)}"
-        raise not_json_error(response, exc, what) from None
+        subject = f"the response from {_describe_url(response)}"
+        raise not_json_error(response, exc, subject) from None
 
 
 def parse_time_value(value: Any, time_format: TimeFormat) -> datetime:

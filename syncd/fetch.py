@@ -146,13 +146,15 @@ class Fetcher:
         self._note_rate_limit(response)
         if response.status_code == 304 and validators:
             return response
-        asked = retry_after(response, url) if response.status_code >= 400 else None
-        self._check_long_retry_after(url, response, asked)
-        _raise_for_status(url, response, self.clock(), asked)
+        requested_wait = None
+        if response.status_code >= 400:
+            requested_wait = retry_after(response, url)
+        self._check_long_retry_after(url, response, requested_wait)
+        _raise_for_status(url, response, self.clock(), requested_wait)
         return response
 
     def _check_long_retry_after(
-        self, url: str, response: httpx.Response, asked: float | None
+        self, url: str, response: httpx.Response, requested_wait: float | None
     ) -> None:
         """End the run when the server asks for a wait longer than a run may take.
 
@@ -160,14 +162,14 @@ class Fetcher:
         penalised, so the wait is kept in the credential's budget instead and
         the next run continues from the same cursor.
         """
-        if asked is None or asked <= self._wait_cap:
+        if requested_wait is None or requested_wait <= self._wait_cap:
             return
-        self.budget.block_for(asked, f"Retry-After {asked:.0f}s")
+        self.budget.block_for(requested_wait, f"Retry-After {requested_wait:.0f}s")
         raise RateLimitedError(
             f"GET {url} returned {response.status_code} with Retry-After "
-            f"{asked:.0f}s, longer than max_retry_wait; the next run continues "
-            "from the same cursor",
-            retry_after=asked,
+            f"{requested_wait:.0f}s, longer than max_retry_wait; the next run "
+            "continues from the same cursor",
+            retry_after=requested_wait,
         )
 
     def _wait_for_budget(self) -> None:
@@ -229,16 +231,19 @@ class Fetcher:
 
 
 def _raise_for_status(
-    url: str, response: httpx.Response, now: float, asked: float | None
+    url: str, response: httpx.Response, now: float, requested_wait: float | None
 ) -> None:
-    """Raise the error for a status other than 2xx; ``asked`` is its Retry-After."""
+    """Raise the error for a status other than 2xx.
+
+    ``requested_wait`` is the response's Retry-After in seconds, or None.
+    """
     status = response.status_code
     if 200 <= status < 300:
         return
     if status >= 500:
-        raise RetriableError(f"GET {url} returned {status}", retry_after=asked)
+        raise RetriableError(f"GET {url} returned {status}", retry_after=requested_wait)
     if status == 429 or (status == 403 and is_rate_limited(response)):
-        wait = asked or header_rate_limit_wait(response, now)
+        wait = requested_wait or header_rate_limit_wait(response, now)
         raise RetriableError(
             f"GET {url} returned {status} (rate limited)",
             retry_after=wait,

@@ -169,6 +169,10 @@ def _check_not_seen(listing: str, request: PageRequest, seen: set[PageRequest]) 
     seen.add(request)
 
 
+# Parameter names that suggest a credential, masked in messages.
+_SECRET_PARAM = re.compile(r"key|token|secret|passw|auth|sig", re.IGNORECASE)
+
+
 def _describe_request(request: PageRequest) -> str:
     """Return the request's URL with its query parameters, for messages.
 
@@ -184,9 +188,6 @@ def _describe_request(request: PageRequest) -> str:
     ]
     separator = "&" if "?" in request.url else "?"
     return request.url + separator + urlencode(masked_params, safe="[]*")
-
-
-_SECRET_PARAM = re.compile(r"key|token|secret|passw|auth|sig", re.IGNORECASE)
 
 
 def _store_page(

@@ -135,9 +135,10 @@ def fetch_keeping_rate_limit(
 def clear_passed_block(store: Store, fetcher: Fetcher, now: datetime) -> None:
     """Drop a saved ``blocked_until`` after a run whose requests all succeeded.
 
-    The provider answered, so the wait it once asked for no longer applies,
-    and ``syncd status`` stops showing it. A wait the budget still holds is
-    kept. A database error is logged, because the state is shown, not used.
+    The provider returned success, so the wait that it requested earlier no
+    longer applies, and ``syncd status`` stops showing it. A wait that the
+    budget still enforces is kept. A database error is only logged, because
+    the state is displayed, not used to pace requests.
     """
     if fetcher.budget.wait_time() > 0:
         return

@@ -192,12 +192,12 @@ class ProviderRunner:
         return since
 
     def _default_until(self, now: datetime, since: datetime, trigger: str) -> datetime:
-        """Return the end of a window that webhooks still in flight stay out of.
+        """Return the end of the window when none was given.
 
-        A webhook sent a moment ago may arrive after a scheduled reconcile has
-        logged its event, which would count it as missed. The next scheduled
-        reconcile lists those last seconds. A reconcile run by hand lists up
-        to now.
+        A scheduled reconcile of a provider with webhooks ends WEBHOOK_SETTLE
+        before now. A webhook sent a moment ago may otherwise arrive after
+        the listing logged its event, and count as missed. The next scheduled
+        reconcile lists those seconds. A reconcile run by hand lists up to now.
         """
         if trigger != "schedule" or not self.connector.provider.webhooks_enabled:
             return now
