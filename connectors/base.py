@@ -57,6 +57,8 @@ def record_problem(record: EventRecord) -> str | None:
     escape in the JSON). Rejecting such a record keeps it from failing the
     whole batch that the writer commits it with.
     """
+    if _fits(record):
+        return None
     for name, limit in FIELD_LIMITS.items():
         value = getattr(record, name)
         if value is None:
@@ -73,6 +75,23 @@ def record_problem(record: EventRecord) -> str | None:
     if problem is not None:
         return f"event {record.key[:60]!r}: the payload contains {problem}"
     return None
+
+
+def _fits(record: EventRecord) -> bool:
+    """Return True when :func:`record_problem` has nothing to report.
+
+    The usual case, checked with a few calls for the whole record.
+    """
+    resource, version = record.resource or "", record.version or ""
+    if (
+        len(record.key) > FIELD_LIMITS["key"]
+        or len(record.type) > FIELD_LIMITS["type"]
+        or len(resource) > FIELD_LIMITS["resource"]
+        or len(version) > FIELD_LIMITS["version"]
+    ):
+        return False
+    text = "".join((record.key, record.type, resource, version, record.payload))
+    return _text_problem(text) is None
 
 
 def _text_problem(value: str) -> str | None:

@@ -158,6 +158,11 @@ class _ItemScanner:
             item, end = self.scan(text, index)
             items.append(item)
             texts.append(text[index:end] if self.odd == odd else None)
+            if text[end] == ",":  # the usual case, checked without a regex
+                index = end + 1
+                if text[index] in _SPACE:
+                    index = _skip(text, index)
+                continue
             index = _after_member(text, end, "]")
             if text[index - 1] == "]":
                 return items, texts, index
@@ -169,6 +174,7 @@ def _skip(text: str, index: int) -> int:
 
 
 _WHITESPACE = json.decoder.WHITESPACE.match
+_SPACE = frozenset(" \t\n\r")  # the whitespace characters of JSON
 
 
 def _expect(text: str, index: int, character: str) -> int:

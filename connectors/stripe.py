@@ -194,7 +194,7 @@ def _resource(event: dict[str, Any]) -> str | None:
     if not isinstance(target, dict):
         return None
     target_id = target.get("id")
-    if isinstance(target_id, bool) or not isinstance(target_id, str | int):
+    if isinstance(target_id, bool) or not isinstance(target_id, (str, int)):
         return None
     kind = target.get("object")
     return f"{kind if isinstance(kind, str) else 'object'}:{target_id}"

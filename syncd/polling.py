@@ -13,10 +13,12 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -78,13 +80,17 @@ class RunReport:
         self.listed += len(listed)
         self.new += len(result.new)
         self.already += len(result.duplicates)
-        for record in listed:
-            self.by_type.setdefault(record.type, TypeCounts()).listed += 1
-        for record in result.new:
-            self.by_type[record.type].new += 1
-        for record in result.duplicates:
-            self.by_type[record.type].already += 1
+        for name, records in (
+            ("listed", listed),
+            ("new", result.new),
+            ("already", result.duplicates),
+        ):
+            for kind, count in Counter(map(_TYPE_OF, records)).items():
+                counts = self.by_type.setdefault(kind, TypeCounts())
+                setattr(counts, name, getattr(counts, name) + count)
 
+
+_TYPE_OF = attrgetter("type")
 
 PageHook = Callable[[Session, Page, httpx.Response], None]
 
@@ -130,11 +136,13 @@ def run_listing(
         if response.status_code == 304:
             return response, None
         page = _parse_page(connector, fetcher, listing, page_request, response)
-        _set_aside_bad_records(page)
         return response, page
 
-    # The next page is fetched and parsed while this one is stored.
-    with store.connection() as connection, PageFetches(fetch_page) as pages:
+    # The next pages are fetched and parsed while this one is stored.
+    with (
+        store.connection() as connection,
+        PageFetches(fetch_page, _next_request) as pages,
+    ):
         while request is not None:
             _check_not_seen(listing, request, seen)
             response, page = pages.get(request, validators if first is None else None)
@@ -142,8 +150,7 @@ def run_listing(
             if page is None:
                 report.not_modified = True
                 return first
-            if page.next is not None and page.next not in seen:
-                pages.fetch_ahead(page.next)
+            _set_aside_bad_records(page)
             _store_page(
                 store.session(connection),
                 connector,
@@ -157,6 +164,11 @@ def run_listing(
             )
             request = page.next
     return first
+
+
+def _next_request(fetched: tuple[httpx.Response, Page | None]) -> PageRequest | None:
+    page = fetched[1]
+    return None if page is None else page.next
 
 
 def _check_not_seen(listing: str, request: PageRequest, seen: set[PageRequest]) -> None:

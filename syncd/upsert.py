@@ -174,6 +174,8 @@ def sqlite_time(value: datetime) -> str:
     That is naive UTC as ``YYYY-MM-DD HH:MM:SS.ffffff``, microseconds always
     written, so that stored values compare correctly as text.
     """
+    if value.tzinfo is UTC:  # the usual case, with no conversion to make
+        return value.isoformat(" ", "microseconds")[:26]  # without "+00:00"
     return _utc(value).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 

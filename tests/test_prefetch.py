@@ -19,7 +19,7 @@ from syncd.errors import AuthenticationError
 from syncd.fetch import Fetcher
 from syncd.models import Event
 from syncd.polling import RunReport, run_listing
-from syncd.prefetch import PageFetches
+from syncd.prefetch import AHEAD, PageFetches
 from syncd.store import Store
 
 T0 = 1714557600  # 2024-05-01T10:00:00Z
@@ -32,57 +32,131 @@ SECOND = PageRequest("/second")
 
 # PageFetches on its own
 
+THIRD = PageRequest("/third")
+CHAIN = {FIRST: SECOND, SECOND: THIRD, THIRD: None}
 
-def test_get_without_ahead_fetches_now() -> None:
-    calls: list[tuple[PageRequest, Any]] = []
-    with PageFetches(lambda r, v: calls.append((r, v)) or r.url) as pages:
+
+def follow_chain(url: str) -> PageRequest | None:
+    """The next page of a three-page listing: first, second, third."""
+    return CHAIN.get(PageRequest(url))
+
+
+class Recorder:
+    """A fetch that records each request and its validators, and returns the URL."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[PageRequest, Any]] = []
+
+    def __call__(self, request: PageRequest, validators: Any) -> str:
+        self.calls.append((request, validators))
+        return request.url
+
+    @property
+    def requests(self) -> list[PageRequest]:
+        return [request for request, _ in self.calls]
+
+
+def test_first_get_fetches_with_validators() -> None:
+    fetch = Recorder()
+    with PageFetches(fetch, lambda _url: None) as pages:
         assert pages.get(FIRST, {"etag": "x"}) == "/first"
-    assert calls == [(FIRST, {"etag": "x"})]
+    assert fetch.calls == [(FIRST, {"etag": "x"})]
 
 
-def test_get_returns_page_fetched_ahead() -> None:
-    calls: list[tuple[PageRequest, Any]] = []
-    with PageFetches(lambda r, v: calls.append((r, v)) or r.url) as pages:
-        pages.fetch_ahead(SECOND)
+def test_pages_follow_in_order_without_validators() -> None:
+    fetch = Recorder()
+    with PageFetches(fetch, follow_chain) as pages:
+        assert pages.get(FIRST, {"etag": "x"}) == "/first"
         assert pages.get(SECOND) == "/second"
-    assert calls == [(SECOND, None)]
+        assert pages.get(THIRD) == "/third"
+    assert fetch.calls == [(FIRST, {"etag": "x"}), (SECOND, None), (THIRD, None)]
 
 
 def test_get_other_request_fetches_it() -> None:
-    calls: list[PageRequest] = []
-    with PageFetches(lambda r, v: calls.append(r) or r.url) as pages:
-        pages.fetch_ahead(SECOND)
+    fetch = Recorder()
+    other = PageRequest("/other")
+    with PageFetches(fetch, follow_chain) as pages:
         assert pages.get(FIRST) == "/first"
-    assert sorted(r.url for r in calls) == ["/first", "/second"]
+        assert pages.get(other) == "/other"
+    assert fetch.requests[0] == FIRST
+    assert fetch.requests[-1] == other
 
 
-def test_error_ahead_raised_by_get() -> None:
+def test_get_after_last_page_fetches_now() -> None:
+    fetch = Recorder()
+    with PageFetches(fetch, follow_chain) as pages:
+        for request in (FIRST, SECOND, THIRD):
+            pages.get(request)
+        assert pages.get(FIRST) == "/first"
+    assert fetch.requests[:4] == [FIRST, SECOND, THIRD, FIRST]
+
+
+def test_error_raised_after_pages_before_it() -> None:
     def fetch(request: PageRequest, _validators: Any) -> str:
-        raise AuthenticationError(f"{request.url} rejected")
+        if request == SECOND:
+            raise AuthenticationError(f"{request.url} rejected")
+        return request.url
 
-    with PageFetches(fetch) as pages:
-        pages.fetch_ahead(SECOND)
+    with PageFetches(fetch, follow_chain) as pages:
+        assert pages.get(FIRST) == "/first"
         with pytest.raises(AuthenticationError, match="/second rejected"):
             pages.get(SECOND)
 
 
-def test_second_fetch_ahead_rejected() -> None:
-    with PageFetches(lambda r, v: r.url) as pages:
-        pages.fetch_ahead(FIRST)
-        with pytest.raises(RuntimeError):
-            pages.fetch_ahead(SECOND)
+def test_interrupt_in_worker_raised_by_get() -> None:
+    def fetch(request: PageRequest, _validators: Any) -> str:
+        if request == SECOND:
+            raise KeyboardInterrupt
+        return request.url
+
+    with PageFetches(fetch, follow_chain) as pages:
+        assert pages.get(FIRST) == "/first"
+        with pytest.raises(KeyboardInterrupt):
+            pages.get(SECOND)
 
 
-def test_exit_waits_for_fetch_ahead() -> None:
+def test_worker_stays_at_most_ahead_pages_ahead() -> None:
+    """While the caller keeps one page, the worker fetches AHEAD more, no further."""
+    calls: list[PageRequest] = []
+    fetched_ahead = threading.Event()
+
+    def fetch(request: PageRequest, _validators: Any) -> int:
+        calls.append(request)
+        if len(calls) == 1 + AHEAD:
+            fetched_ahead.set()
+        return len(calls)
+
+    with PageFetches(fetch, lambda n: PageRequest(f"/{n + 1}")) as pages:
+        assert pages.get(PageRequest("/1")) == 1
+        assert fetched_ahead.wait(WAIT)
+        time.sleep(0.2)  # time for a fetch beyond the limit, if it were made
+        assert len(calls) == 1 + AHEAD
+        assert pages.get(PageRequest("/2")) == 2
+    assert len(calls) <= 2 + AHEAD
+
+
+def test_worker_stops_at_a_page_it_fetched() -> None:
+    """A listing whose next page points back is fetched once; the caller sees it."""
+    fetch = Recorder()
+    loop = {"/first": SECOND, "/second": FIRST}
+    with PageFetches(fetch, loop.get) as pages:
+        assert pages.get(FIRST) == "/first"
+        assert pages.get(SECOND) == "/second"
+        time.sleep(0.2)  # time for a third fetch, if it were made
+    assert fetch.requests == [FIRST, SECOND]
+
+
+def test_exit_waits_for_fetch_running() -> None:
     finished = threading.Event()
 
     def fetch(request: PageRequest, _validators: Any) -> str:
-        time.sleep(0.2)
-        finished.set()
+        if request == SECOND:
+            time.sleep(0.2)
+            finished.set()
         return request.url
 
-    with PageFetches(fetch) as pages:
-        pages.fetch_ahead(SECOND)
+    with PageFetches(fetch, follow_chain) as pages:
+        pages.get(FIRST)
     assert finished.is_set()
 
 
