@@ -34,7 +34,8 @@ BASELINE_BATCH = 1000
 
 
 def make_records(count: int, newest: int) -> list[EventRecord]:
-    settings = make_config("sqlite://", "http://127.0.0.1:9").providers[PROVIDER]
+    config = make_config("sqlite:///unused.db", "http://127.0.0.1:9")
+    settings = config.providers[PROVIDER]
     connector = StripeConnector(settings)
     records = []
     for index in range(count):

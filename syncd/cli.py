@@ -417,13 +417,18 @@ def _warn_unknown_providers(runtime: Runtime, names: Iterable[str]) -> None:
 
 
 def _warn_unknown_names(
-    kind: str, names: Iterable[str], configured: Iterable[str], rows: str
+    kind: str,
+    names: Iterable[str],
+    configured: Iterable[str],
+    rows: str,
+    action: str = "listed",
 ) -> None:
     """Warn about each name in ``names`` that is not in ``configured``.
 
     The rows of a provider or sink removed from the file stay in the store,
-    so this only warns and the query still runs. ``kind`` and ``rows`` name
-    the setting and its rows in the message.
+    so this only warns and the command still runs. ``kind`` and ``rows`` name
+    the setting and its rows in the message, and ``action`` what the command
+    does with them.
     """
     known = list(configured)
     for name in names:
@@ -431,7 +436,7 @@ def _warn_unknown_names(
             click.echo(
                 f"warning: no {kind} {name!r} in the configuration "
                 f"(configured: {', '.join(known) or 'none'}); its {rows} are "
-                "listed if any remain",
+                f"{action} if any remain",
                 err=True,
             )
 

@@ -86,6 +86,9 @@ def register(main: click.Group, options: dict) -> None:
         if not ids and not dead:
             raise click.UsageError("give delivery IDs or --dead")
         runtime = open_runtime(config_path, store_only=True)
+        if sink:
+            rows = "dead deliveries"
+            warn_unknown("sink", (sink,), runtime.config.sinks, rows, "retried")
         try:
             with runtime.store.session() as session:
                 count = outbox.retry(
@@ -94,7 +97,9 @@ def register(main: click.Group, options: dict) -> None:
                 problems = _not_retried(session, ids, dead=dead, sink=sink)
         finally:
             runtime.close()
-        _report(as_json, {"retried": count}, f"{count} delivery(ies) due again")
+        if as_json or count or not problems:
+            # A text line of "0 due again" would only precede the errors.
+            _report(as_json, {"retried": count}, f"{count} delivery(ies) due again")
         if problems:
             for problem in problems:
                 click.echo(f"error: {problem}", err=True)

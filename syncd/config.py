@@ -114,6 +114,12 @@ class DaemonConfig(BaseModel):
                 f"unsupported database URL scheme {scheme!r}: use "
                 "'sqlite:////path/to/syncd.db' or 'postgresql://user@host/db'"
             )
+        if _is_memory_database(value):
+            raise ValueError(
+                f"{value!r} is an in-memory SQLite database, which loses every "
+                "event when syncd stops and which syncd's threads do not share; "
+                "name a file, such as 'sqlite:////var/lib/syncd/syncd.db'"
+            )
         return value
 
     @field_validator("listen")
@@ -154,6 +160,18 @@ class DaemonConfig(BaseModel):
         if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
             return None
         return url.database
+
+
+def _is_memory_database(url: str) -> bool:
+    """Return True for the URL of an in-memory SQLite database."""
+    if not url.startswith("sqlite:"):
+        return False
+    path = url.removeprefix("sqlite:").lstrip("/")
+    return (
+        path in ("", ":memory:")
+        or path.startswith("file::memory:")
+        or "mode=memory" in path
+    )
 
 
 class ProviderConfig(BaseModel):

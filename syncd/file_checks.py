@@ -45,6 +45,12 @@ def file_location_problem(
             f"{key}: {blocker} is a file, not a directory, so it cannot contain "
             f"{path}; name a file in a directory, such as {example}"
         )
+    if path.startswith("~"):
+        return (
+            f"{key}: {path} starts with '~', which syncd does not expand to a "
+            "home directory; write the absolute path, such as "
+            f"{prefix}{os.path.expanduser(path)}"
+        )
     hint = _CREATE_HINT.format(state=STATE_DIRECTORY)
     return (
         f"{key}: directory {str(directory)!r} does not exist; {hint} or change the path"

@@ -166,6 +166,19 @@ PROBLEM_CASES = [
         "unsupported database URL", id="bad-database",
     ),
     pytest.param(
+        '[daemon]\ndatabase = "sqlite://"\n', "daemon.database",
+        "'sqlite://' is an in-memory SQLite database", id="memory-database",
+    ),
+    pytest.param(
+        '[daemon]\ndatabase = "sqlite:///:memory:"\n', "daemon.database",
+        "name a file, such as 'sqlite:////var/lib/syncd/syncd.db'",
+        id="memory-database-named",
+    ),
+    pytest.param(
+        '[daemon]\ndatabase = "sqlite:///file:x?mode=memory&uri=true"\n',
+        "daemon.database", "in-memory SQLite database", id="memory-database-uri",
+    ),
+    pytest.param(
         '[daemon]\nlisten = "8787"\n', "daemon.listen", "invalid listen address",
         id="bad-listen",
     ),
@@ -504,6 +517,22 @@ def test_database_path_under_file(tmp_path: Path) -> None:
         f"daemon.database: {path} is a file, not a directory, so it cannot "
         f"contain {path / 'x.db'}; name a file in a directory, such as "
         f"sqlite:///{tmp_path / 'x.db'}"
+    )
+
+    assert_reported_everywhere(path, expected)
+
+
+def test_database_path_with_tilde(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database path starting with ~ says that syncd does not expand it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", "/home/someone")
+    path = write_config(tmp_path, '[daemon]\ndatabase = "sqlite:///~/syncd.db"\n')
+    expected = (
+        "daemon.database: ~/syncd.db starts with '~', which syncd does not "
+        "expand to a home directory; write the absolute path, such as "
+        "sqlite:////home/someone/syncd.db"
     )
 
     assert_reported_everywhere(path, expected)

@@ -689,7 +689,20 @@ def test_retry_unknown_id_fails(store, database_url, sink_server, tmp_path):
     config = write_config(tmp_path / "c.toml", database_url, {"app": sink_server.url})
     result = invoke("deliveries", "retry", "-c", str(config), "4242")
     assert result.exit_code != 0
-    assert "4242" in result.output
+    assert "delivery 4242 not found" in result.stderr
+    assert "due again" not in result.stdout
+
+
+def test_retry_dead_unknown_sink_warns(store, database_url, sink_server, tmp_path):
+    """retry --dead --sink with a sink not in the file warns and still runs."""
+    config = write_config(tmp_path / "c.toml", database_url, {"app": sink_server.url})
+
+    result = invoke("deliveries", "retry", "-c", str(config), "--dead", "--sink", "x")
+
+    assert result.exit_code == 0, result.output
+    assert "warning: no sink 'x' in the configuration" in result.stderr
+    assert "dead deliveries are retried if any remain" in result.stderr
+    assert "0 delivery(ies) due again" in result.stdout
 
 
 @pytest.mark.parametrize("delivery_id", ["0", "9223372036854775808", "9" * 23])
