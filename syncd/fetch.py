@@ -59,11 +59,17 @@ class Fetcher:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
         budget: RateBudget | None = None,
+        on_wait: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.connector = connector
         self.client = client
         self.sleep = sleep
         self.clock = clock
+        # Called with the rate-limit state before each rate-limit wait, so
+        # that ``syncd status`` can show a wait while a run sleeps.
+        self.on_wait = on_wait
+        self._wait_ends_at = 0.0  # when the last announced wait ends
+        self._wait_state: dict[str, Any] = {}
         self.budget = budget or RateBudget(clock)
         self.requests = 0
         self.rate_limit_waits = 0
@@ -100,6 +106,9 @@ class Fetcher:
         """
         now = self.clock()
         blocked = blocked_state(self.budget.wait_time(), self.budget.reason, now)
+        if not blocked and self._wait_ends_at > now:
+            # A retry wait of the fetch running now, which the budget lacks.
+            blocked = self._wait_state
         return {**self.rate_limit_seen, **blocked}
 
     def url_of(self, request: PageRequest) -> str:
@@ -190,6 +199,7 @@ class Fetcher:
             wait,
         )
         self.rate_limit_wait_seconds += wait
+        self._announce_wait(wait, self.budget.reason)
         self.sleep(wait)
 
     def _note_rate_limit(self, response: httpx.Response) -> None:
@@ -228,6 +238,17 @@ class Fetcher:
             error,
             wait,
         )
+        if getattr(error, "retry_after", None):
+            self._announce_wait(wait, "the provider's Retry-After")
+        elif getattr(error, "rate_limited", False):
+            self._announce_wait(wait, "a rate limit that named no wait")
+
+    def _announce_wait(self, seconds: float, reason: str) -> None:
+        now = self.clock()
+        self._wait_ends_at = now + seconds
+        self._wait_state = blocked_state(seconds, reason, now)
+        if self.on_wait is not None:
+            self.on_wait({**self.rate_limit_seen, **self._wait_state})
 
 
 def _raise_for_status(

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 from sqlalchemy import delete, select
@@ -28,7 +29,7 @@ from syncd.metrics import Metrics
 from syncd.models import Event, Run
 from syncd.pacing import RateBudgets
 from syncd.polling import RunReport, clamp_to_retention, poll_listing, run_listing
-from syncd.rate_limit_state import clear_passed_block
+from syncd.rate_limit_state import clear_passed_block, save_rate_limit
 from syncd.store import Store, load_cursor, save_cursor
 from syncd.units import parse_time, to_utc_iso
 
@@ -176,7 +177,16 @@ class ProviderRunner:
             sleep=self.sleep,
             clock=self.clock,
             budget=self.budgets.for_connector(self.connector),
+            on_wait=self._save_wait,
         )
+
+    def _save_wait(self, state: dict[str, Any]) -> None:
+        """Save the rate-limit state of a wait about to start, for ``syncd status``."""
+        try:
+            with self.store.session() as session:
+                save_rate_limit(session, self.name, state, self._now())
+        except StoreUnavailableError as exc:
+            log.warning("%s: rate-limit wait not saved for status: %s", self.name, exc)
 
     def _default_since(self, now: datetime) -> datetime:
         settings = self.connector.provider

@@ -432,3 +432,42 @@ def test_long_retry_after_ends_run(runner_factory, clock):
     assert "Retry-After 600s" in report.error
     assert route.call_count == 1
     assert runner.sleeps == []
+
+
+@pytest.mark.parametrize(
+    ("headers", "until", "reason"),
+    [
+        (
+            {"Retry-After": "30"},
+            "2024-05-01T10:00:30.000000Z",
+            "the provider's Retry-After",
+        ),
+        ({}, "2024-05-01T10:01:00.000000Z", "a rate limit that named no wait"),
+    ],
+)
+@respx.mock
+def test_rate_limit_wait_saved_while_sleeping(
+    runner_factory, clock, headers, until, reason
+):
+    """A run sleeping on a 429 has saved the wait, so status shows it."""
+    respx.get(f"{BASE}/v1/events").mock(
+        side_effect=[httpx.Response(429, headers=headers), page(event(1, T0 - 5))]
+    )
+    runner = runner_factory()
+    during = []
+
+    def sleep(seconds: float) -> None:
+        with runner.store.session() as session:
+            during.append(load_rate_limit(session, "payments"))
+        clock.now += seconds
+
+    runner.sleep = sleep
+    report = runner.poll()[0]
+    with runner.store.session() as session:
+        after = load_rate_limit(session, "payments") or {}
+
+    assert report.ok
+    assert len(during) == 1
+    assert during[0]["blocked_until"] == until
+    assert during[0]["reason"] == reason
+    assert "blocked_until" not in after
