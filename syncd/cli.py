@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 import httpx
@@ -32,6 +32,9 @@ from syncd.polling import RunReport
 from syncd.runtime import Runtime
 from syncd.store import Store
 from syncd.units import parse_time, to_utc_iso
+
+if TYPE_CHECKING:
+    from syncd.reconcile import ProviderRunner
 
 CONFIG_HELP = (
     "Configuration file [default: $SYNCD_CONFIG, then /etc/syncd/config.toml]."
@@ -258,9 +261,26 @@ def reconcile(
             reports.append(
                 runner.reconcile(start, end, dry_run=dry_run, trigger="command")
             )
+            _record_run_end(runner)
     _print_reports(reports, runtime, as_json, dry_run)
     if not all(report.ok for report in reports):
         sys.exit(1)
+
+
+# How long a one-shot reconcile retries recording its run's end in an outage.
+RUN_END_TIMEOUT = 10.0
+
+
+def _record_run_end(runner: ProviderRunner) -> None:
+    """Record a run end that met a store outage, or warn that it stays running."""
+    for record_id in runner.record_pending_ends(RUN_END_TIMEOUT):
+        click.echo(
+            f"warning: the end of reconcile run {record_id} of {runner.name} was "
+            "not recorded because the event store is unavailable; syncd status "
+            "shows it as running until it is pruned, and the next reconcile "
+            "lists its window again",
+            err=True,
+        )
 
 
 def _report_json(report: RunReport) -> dict[str, Any]:

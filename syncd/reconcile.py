@@ -352,9 +352,23 @@ class ProviderRunner:
                 record_id,
                 exc,
             )
-            # NOTE: a one-shot `syncd reconcile` has no next run, so its run
-            # stays 'running' in the store.
+            # A one-shot `syncd reconcile` has no next run, and calls
+            # record_pending_ends before it exits instead.
             self._unrecorded_ends.append((record_id, report, status, finished_at))
+
+    def record_pending_ends(self, timeout: float) -> list[int]:
+        """Retry recording the ends that met a store outage, for ``timeout`` seconds.
+
+        For a process that runs no further runs. Returns the ids of the runs
+        whose end is still unrecorded, which stay 'running' in the store.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            self._record_earlier_ends()
+            left = time.monotonic() - deadline
+            if not self._unrecorded_ends or left >= 0:
+                return [record_id for record_id, *_ in self._unrecorded_ends]
+            self.sleep(min(1.0, -left))
 
     def _record_earlier_ends(self) -> None:
         """Record the ends of earlier runs that met a store outage, oldest first."""

@@ -15,15 +15,20 @@ from pathlib import Path
 from typing import Any
 
 import click
+import httpx
 import pytest
+import respx
 from click.testing import CliRunner, Result
 
 from connectors.base import EventRecord
+from syncd import cli
 from syncd.cli import main
+from syncd.errors import StoreUnavailableError
 from syncd.gaps import GapNotice, record_gap
 from syncd.models import Run
 from syncd.outbox import SinkRoute
 from syncd.rate_limit_state import save_rate_limit
+from syncd.reconcile import ProviderRunner
 from syncd.store import Store, record_events, save_cursor
 from syncd.units import parse_time, to_utc_iso
 
@@ -1004,3 +1009,33 @@ def test_reconcile_since_future_rejected(tmp_path: Path) -> None:
 
     assert result.exit_code == 2
     assert "is in the future" in result.stderr
+
+
+def test_reconcile_warns_run_end_unrecorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reconcile whose run end meets an outage warns that the run stays running."""
+    api = "http://127.0.0.1:9"
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[daemon]\ndatabase = "sqlite:///{tmp_path / "syncd.db"}"\n\n'
+        '[providers.shop]\nconnector = "stripe"\n'
+        f'api_token = "{API_TOKEN}"\napi_base_url = "{api}"\n',
+        encoding="utf-8",
+    )
+
+    def store_down(*args: object) -> None:
+        raise StoreUnavailableError("connection refused (test outage)")
+
+    monkeypatch.setattr(ProviderRunner, "_write_run_end", store_down)
+    monkeypatch.setattr(cli, "RUN_END_TIMEOUT", 0.1)
+    empty = {"object": "list", "data": [], "has_more": False}
+    with respx.mock() as mock:
+        mock.get(f"{api}/v1/events").mock(return_value=httpx.Response(200, json=empty))
+        result = invoke("reconcile", "-c", str(config))
+
+    assert result.exit_code == 0, result.output
+    assert "warning: the end of reconcile run 1 of shop was not recorded" in (
+        result.stderr
+    )
+    assert "shows it as running" in result.stderr

@@ -110,3 +110,64 @@ def test_interrupted_run_recorded_stopped(store: Store) -> None:
     assert run.status == "stopped"
     assert run.finished_at is not None
     assert run.error == "interrupted (Ctrl-C)"
+
+
+def test_pending_end_recorded_once_store_returns(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """record_pending_ends writes an end as soon as the store takes it."""
+    provider = make_config(store.url, API, webhooks=False).providers["payments"]
+    sleeps: list[float] = []
+    with httpx.Client() as client, respx.mock() as mock:
+        mock.get(f"{API}/v1/events").mock(
+            return_value=httpx.Response(200, json=EMPTY_PAGE)
+        )
+        runner = ProviderRunner(
+            store, StripeConnector(provider), client, clock=lambda: T0
+        )
+        write_end = runner._write_run_end
+
+        def store_down(*args: object) -> None:
+            raise StoreUnavailableError("connection refused (test outage)")
+
+        def store_back(seconds: float) -> None:
+            sleeps.append(seconds)
+            monkeypatch.setattr(runner, "_write_run_end", write_end)
+
+        monkeypatch.setattr(runner, "_write_run_end", store_down)
+        runner.reconcile(trigger="command")
+        runner.sleep = store_back
+        left = runner.record_pending_ends(10.0)
+
+    assert left == []
+    assert len(sleeps) == 1
+    assert [run.status for run in runs(store)] == ["ok"]
+
+
+def test_pending_end_left_after_timeout(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An end the store never takes is returned after the timeout, still running."""
+    provider = make_config(store.url, API, webhooks=False).providers["payments"]
+    with httpx.Client() as client, respx.mock() as mock:
+        mock.get(f"{API}/v1/events").mock(
+            return_value=httpx.Response(200, json=EMPTY_PAGE)
+        )
+        runner = ProviderRunner(
+            store,
+            StripeConnector(provider),
+            client,
+            clock=lambda: T0,
+            sleep=lambda _seconds: None,
+        )
+
+        def store_down(*args: object) -> None:
+            raise StoreUnavailableError("connection refused (test outage)")
+
+        monkeypatch.setattr(runner, "_write_run_end", store_down)
+        runner.reconcile(trigger="command")
+        left = runner.record_pending_ends(0.1)
+
+    (run,) = runs(store)
+    assert left == [run.id]
+    assert run.status == "running"
