@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Iterable
@@ -232,8 +233,6 @@ def reconcile(
     Prints a report per provider and exits 1 if any provider failed. Safe to
     run while the daemon runs.
     """
-    from syncd.reconcile import ProviderRunner
-
     runtime = _open(config_path)
     unknown = sorted(set(providers) - set(runtime.connectors))
     if unknown:
@@ -254,6 +253,30 @@ def reconcile(
             "past time or a duration ago such as '6h'",
             param_hint="--since",
         )
+    # SIGTERM ends the run as Ctrl-C does, so that its record says stopped.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        reports = _reconcile_providers(runtime, providers, start, end, dry_run)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    _print_reports(reports, runtime, as_json, dry_run)
+    if not all(report.ok for report in reports):
+        sys.exit(1)
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _reconcile_providers(
+    runtime: Runtime,
+    providers: tuple[str, ...],
+    start: datetime | None,
+    end: datetime | None,
+    dry_run: bool,
+) -> list[RunReport]:
+    from syncd.reconcile import ProviderRunner
+
     reports = []
     with httpx.Client(headers={"User-Agent": f"syncd/{__version__}"}) as client:
         for name in providers or tuple(runtime.connectors):
@@ -262,9 +285,7 @@ def reconcile(
                 runner.reconcile(start, end, dry_run=dry_run, trigger="command")
             )
             _record_run_end(runner)
-    _print_reports(reports, runtime, as_json, dry_run)
-    if not all(report.ok for report in reports):
-        sys.exit(1)
+    return reports
 
 
 # How long a one-shot reconcile retries recording its run's end in an outage.

@@ -181,6 +181,7 @@ class Daemon:
             clock=self.runtime.clock,
             budgets=self.budgets,
             sleep=self._wait_unless_stopping,
+            stopping=self._stop_runs.is_set,
         )
 
     def _worker(self, sink: SinkConfig) -> DeliveryWorker:
@@ -394,9 +395,7 @@ class Daemon:
         would hold the stop past systemd's TimeoutStopSec.
         """
         if self._stop_runs.wait(seconds):
-            raise StoppingError(
-                "syncd is stopping; the next start continues from the cursor"
-            )
+            raise StoppingError(StoppingError.MESSAGE)
 
     def _stop_background(self) -> None:
         self.state.stopping = True

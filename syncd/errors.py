@@ -88,6 +88,8 @@ class StoppingError(ProviderError):
     so that code that ends a run on any ProviderError also ends it on a stop.
     """
 
+    MESSAGE = "syncd is stopping; the next start continues from the cursor"
+
 
 class WebhookError(SyncdError):
     """One webhook request is rejected; ``status`` is the HTTP answer."""

@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -35,6 +36,7 @@ from syncd.errors import (
     RateLimitedError,
     ResponseError,
     RetriableError,
+    StoppingError,
 )
 from syncd.pacing import (
     DEFAULT_RATE_LIMIT_WAIT,
@@ -60,6 +62,7 @@ class Fetcher:
         clock: Callable[[], float] = time.time,
         budget: RateBudget | None = None,
         on_wait: Callable[[dict[str, Any]], None] | None = None,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self.connector = connector
         self.client = client
@@ -68,6 +71,8 @@ class Fetcher:
         # Called with the rate-limit state before each rate-limit wait, so
         # that ``syncd status`` can show a wait while a run sleeps.
         self.on_wait = on_wait
+        # True once syncd is stopping: no further page is requested.
+        self.stopping = stopping
         self._wait_ends_at = 0.0  # when the last announced wait ends
         self._wait_state: dict[str, Any] = {}
         self.budget = budget or RateBudget(clock)
@@ -78,9 +83,13 @@ class Fetcher:
         settings = connector.provider
         self._wait_cap = settings.max_retry_wait.total_seconds()
         self._backoff = wait_exponential_jitter(initial=1, max=self._wait_cap)
+        # Each attempt may take its request timeout and then a wait. The time
+        # limit then ends only a run whose responses trickle in past it,
+        # because httpx times each read, not a whole response.
+        attempt_seconds = self._wait_cap + settings.request_timeout.total_seconds()
         self._retrying = Retrying(
             stop=stop_after_attempt(settings.max_attempts)
-            | stop_after_delay(self._wait_cap * settings.max_attempts),
+            | stop_after_delay(attempt_seconds * settings.max_attempts),
             wait=self._wait,
             retry=retry_if_exception_type(RetriableError),
             sleep=self.sleep,
@@ -94,8 +103,11 @@ class Fetcher:
         """Send ``request``, retrying transient failures; raise ProviderError.
 
         With ``validators`` (``etag``, ``last_modified``) the request is
-        conditional, and a 304 answer is returned like a success.
+        conditional, and a 304 answer is returned like a success. Raises
+        StoppingError, without a request, once syncd is stopping.
         """
+        if self.stopping():
+            raise StoppingError(StoppingError.MESSAGE)
         return self._retrying(self._fetch_once, request, validators or {})
 
     def rate_limit_state(self) -> dict[str, Any]:
@@ -188,7 +200,8 @@ class Fetcher:
         self.rate_limit_waits += 1
         if wait > self._wait_cap:
             raise RateLimitedError(
-                f"rate limited for {wait:.0f}s more ({self.budget.reason}); "
+                f"rate limited until {_utc_text(self.clock() + wait)} "
+                f"({self.budget.reason}); "
                 "the next run continues from the same cursor",
                 retry_after=wait,
             )
@@ -321,3 +334,8 @@ def _origin(url: str) -> tuple[str, str]:
 def _snippet(response: httpx.Response) -> str:
     text = response.text.strip().replace("\n", " ")
     return text[:200] or "(empty body)"
+
+
+def _utc_text(moment: float) -> str:
+    """Format a Unix time to the second, so that one wait reads the same each run."""
+    return datetime.fromtimestamp(round(moment), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

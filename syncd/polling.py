@@ -34,7 +34,7 @@ from syncd.prefetch import PageFetches
 from syncd.quarantine import quarantine_items
 from syncd.rate_limit_state import fetch_keeping_rate_limit, save_rate_limit
 from syncd.store import Store, WriteResult, load_cursor, record_events, save_cursor
-from syncd.units import format_duration, parse_time, to_utc_iso
+from syncd.units import format_age, format_duration, parse_time, to_utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -308,16 +308,21 @@ def poll_listing(
     fetcher: Fetcher,
     listing: str,
     now: datetime,
+    on_report: Callable[[RunReport], None] | None = None,
 ) -> RunReport:
     """Run one cursor-driven poll of a listing and return its report.
 
     The poll is skipped while the server's requested interval has not passed.
+    ``on_report`` gets the report before the first request, so that a caller
+    can count the pages stored before an error.
     """
     name = connector.provider.name
     with store.session() as session:
         state = load_cursor(session, name, listing)
     window, start, state = _resume_or_begin(connector, state, now)
     report = RunReport(name, "poll", "poll", window)
+    if on_report is not None:
+        on_report(report)
     if _too_early(state, now):
         report.skipped = True
         return report
@@ -363,9 +368,37 @@ def _save_page_progress(
     if page.next is None:
         seen_max = state.pop("seen_max")
         newest_seen = parse_time(seen_max) if seen_max else None
+        if newest_seen is not None and newest_seen - now > FUTURE_TOLERANCE:
+            newest_seen = _capped_to_now(name, listing, newest_seen, now)
         high_water = _later(state.get("high_water"), newest_seen)
         state.update(high_water=high_water, since=None)
     save_cursor(session, name, listing, state, now)
+
+
+# How far provider times may run ahead of this host's clock and still move
+# the high-water mark, as clock skew. An estimate, not a published figure.
+FUTURE_TOLERANCE = timedelta(minutes=15)
+
+
+def _capped_to_now(
+    name: str, listing: str, newest: datetime, now: datetime
+) -> datetime:
+    """Log an event time too far ahead of this host's clock, and return ``now``.
+
+    The next poll starts ``lookback`` before the newest time seen, so one
+    event dated in the future would otherwise move it past every event still
+    to come. Starting from this host's time instead only lists more again.
+    """
+    log.warning(
+        "%s: listing %s has an event dated %s, %s ahead of this host's "
+        "clock; the next poll starts from this host's time instead. Check "
+        "this host's clock and the provider's event times",
+        name,
+        listing,
+        to_utc_iso(newest),
+        format_age((newest - now).total_seconds()),
+    )
+    return now
 
 
 def _too_early(state: dict[str, Any], now: datetime) -> bool:
@@ -472,7 +505,11 @@ def _resume_or_begin(
         origin = _origin(settings.start_from, now)
     since = origin
     if state.get("high_water"):
-        since = max(origin, parse_time(state["high_water"]) - settings.lookback)
+        high_water = parse_time(state["high_water"])
+        if high_water - now > FUTURE_TOLERANCE:
+            # Saved by an older syncd, or before this host's clock went back.
+            high_water = now
+        since = max(origin, high_water - settings.lookback)
     kept = {key: state[key] for key in _PACING_KEYS if key in state}
     state = {
         **kept,

@@ -68,6 +68,7 @@ class ProviderRunner:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         budgets: RateBudgets | None = None,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self.store = store
         self.connector = connector
@@ -75,6 +76,7 @@ class ProviderRunner:
         self.metrics = metrics or Metrics()
         self.clock = clock
         self.sleep = sleep
+        self.stopping = stopping
         self.budgets = budgets or RateBudgets(clock)
         # When runs began to fail because the store was unavailable.
         self._store_down_since: datetime | None = None
@@ -96,13 +98,15 @@ class ProviderRunner:
         reports = []
         for listing in self.connector.listings():
             fetcher = self._fetcher()
+            partial: list[RunReport] = []
             report = self._recorded(
                 "poll",
                 trigger,
-                lambda f=fetcher, li=listing: poll_listing(
-                    self.store, self.connector, f, li, self._now()
+                lambda f=fetcher, li=listing, p=partial: poll_listing(
+                    self.store, self.connector, f, li, self._now(), on_report=p.append
                 ),
                 fetcher,
+                partial=partial,
             )
             self._handle_gaps(report)
             reports.append(report)
@@ -129,6 +133,7 @@ class ProviderRunner:
     ) -> RunReport:
         """List a window of every listing and add what the log lacks."""
         now = self._now()
+        chosen = since is not None
         since = since or self._default_since(now)
         if until is None:
             until = self._default_until(now, since, trigger)
@@ -138,9 +143,11 @@ class ProviderRunner:
         if listings == self.connector.listings():
             window, gap = clamp_to_retention(self.connector, window, now)
         fetcher = self._fetcher()
+        report = RunReport(self.name, "reconcile", "reconcile", window)
+        if not chosen and trigger == "command":
+            self._note_start_from_now(report, since, now)
 
         def run() -> RunReport:
-            report = RunReport(self.name, "reconcile", "reconcile", window)
             if gap is not None:
                 # A window asked for by hand reports its cut in the output; only
                 # a scheduled run's cut is a gap in the log that status shows.
@@ -165,10 +172,8 @@ class ProviderRunner:
             return report
 
         if dry_run:
-            return self._guarded(
-                run, RunReport(self.name, "reconcile", "reconcile", window), fetcher
-            )
-        return self._recorded("reconcile", trigger, run, fetcher, window)
+            return self._guarded(run, report, fetcher)
+        return self._recorded("reconcile", trigger, run, fetcher, window, [report])
 
     def _fetcher(self) -> Fetcher:
         return Fetcher(
@@ -177,6 +182,7 @@ class ProviderRunner:
             sleep=self.sleep,
             clock=self.clock,
             budget=self.budgets.for_connector(self.connector),
+            stopping=self.stopping,
             on_wait=self._save_wait,
         )
 
@@ -200,6 +206,19 @@ class ProviderRunner:
             # "now" fetches no history from before the first start.
             since = max(since, self.origin(now))
         return since
+
+    def _note_start_from_now(
+        self, report: RunReport, since: datetime, now: datetime
+    ) -> None:
+        """Explain a default window that ``start_from = "now"`` cut short."""
+        settings = self.connector.provider
+        if settings.start_from != "now" or since <= now - settings.reconcile_window:
+            return
+        report.notes.append(
+            f"the window starts at syncd's first run for {self.name} "
+            f'({to_utc_iso(since)}) because start_from is "now"; pass --since '
+            "to list older events"
+        )
 
     def _default_until(self, now: datetime, since: datetime, trigger: str) -> datetime:
         """Return the end of the window when none was given.
@@ -260,29 +279,34 @@ class ProviderRunner:
     def _guarded(
         self, run: Callable[[], RunReport], failed: RunReport, fetcher: Fetcher
     ) -> RunReport:
-        return self._run_with_status(run, failed, fetcher)[0]
+        return self._run_with_status(run, lambda: failed, fetcher)[0]
 
     def _run_with_status(
-        self, run: Callable[[], RunReport], failed: RunReport, fetcher: Fetcher
+        self,
+        run: Callable[[], RunReport],
+        failed: Callable[[], RunReport],
+        fetcher: Fetcher,
     ) -> tuple[RunReport, str]:
         """Call ``run``; return its report and status: ok, failed or stopped.
 
-        On an error ``failed`` is returned with the error's message.
+        On an error the report that ``failed`` returns gets the error's
+        message. It is the run's own report where the caller has it, so that
+        the pages stored before the error are counted.
         """
         status = "failed"
         self._failed_on_store = False
         try:
             report = run()
         except StoppingError as exc:
-            failed.error = str(exc)
-            report, status = failed, "stopped"
+            report, status = failed(), "stopped"
+            report.error = str(exc)
         except StoreUnavailableError as exc:
-            failed.error = str(exc)
-            report = failed
+            report = failed()
+            report.error = str(exc)
             self._failed_on_store = True
         except ProviderError as exc:
-            failed.error = str(exc)
-            report = failed
+            report = failed()
+            report.error = str(exc)
         else:
             if report.ok:
                 status = "ok"
@@ -296,17 +320,29 @@ class ProviderRunner:
         run: Callable[[], RunReport],
         fetcher: Fetcher,
         window: Window | None = None,
+        partial: list[RunReport] | None = None,
     ) -> RunReport:
-        """Run ``run`` between a 'running' and a final run record."""
+        """Run ``run`` between a 'running' and a final run record.
+
+        ``partial`` receives the run's report as soon as ``run`` creates it,
+        so that a run that fails or stops records what it stored before.
+        """
         self._record_earlier_ends()
         started_at = self._now()
         record_id = self._open_run(kind, trigger, started_at, window)
         empty = RunReport(self.name, kind, kind, window or Window(None, started_at))
+        partial = partial if partial is not None else []
+
+        def failed() -> RunReport:
+            return partial[-1] if partial else empty
+
         try:
-            report, status = self._run_with_status(run, empty, fetcher)
-        except KeyboardInterrupt:
-            empty.error = "interrupted (Ctrl-C)"
-            self._close_run(record_id, empty, "stopped")
+            report, status = self._run_with_status(run, failed, fetcher)
+        except KeyboardInterrupt as exc:
+            stopped = failed()
+            stopped.error = f"interrupted ({str(exc) or 'Ctrl-C'})"
+            stopped.requests = fetcher.requests
+            self._close_run(record_id, stopped, "stopped")
             raise
         if status == "ok":
             clear_passed_block(self.store, fetcher, self._now())

@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from syncd.queries import ProviderStatus, SinkStatus
-from syncd.units import parse_time
+from syncd.units import format_age, parse_time
 
 # Width given to rich when the output is not a terminal: wide enough that it
 # never wraps a cell, since rich prints each line only as wide as the table.
@@ -287,17 +287,3 @@ def _ago(moment: str | None, now: datetime) -> str:
     if seconds < 0:
         return f"in {format_age(-seconds)}"
     return f"{format_age(seconds)} ago"
-
-
-def format_age(seconds: float) -> str:
-    """Format a span of seconds briefly: ``45s``, ``12m``, ``3h 5m``, ``2d 4h``."""
-    if seconds < 0:
-        return f"-{format_age(-seconds)}"
-    whole = int(seconds)
-    if whole < 60:
-        return f"{whole}s"
-    if whole < 3_600:
-        return f"{whole // 60}m"
-    if whole < 86_400:
-        return f"{whole // 3_600}h {whole % 3_600 // 60}m"
-    return f"{whole // 86_400}d {whole % 86_400 // 3_600}h"

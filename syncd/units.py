@@ -132,3 +132,17 @@ def to_utc_iso(moment: datetime) -> str:
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+def format_age(seconds: float) -> str:
+    """Format a span of seconds briefly: ``45s``, ``12m``, ``3h 5m``, ``2d 4h``."""
+    if seconds < 0:
+        return f"-{format_age(-seconds)}"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3_600:
+        return f"{whole // 60}m"
+    if whole < 86_400:
+        return f"{whole // 3_600}h {whole % 3_600 // 60}m"
+    return f"{whole // 86_400}d {whole % 86_400 // 3_600}h"

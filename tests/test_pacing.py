@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import httpx
 import pytest
@@ -471,3 +472,62 @@ def test_rate_limit_wait_saved_while_sleeping(
     assert during[0]["blocked_until"] == until
     assert during[0]["reason"] == reason
     assert "blocked_until" not in after
+
+
+@respx.mock
+def test_future_event_does_not_stall_polls(runner_factory, clock, caplog):
+    """An event dated a year ahead does not move the next poll past new events."""
+    far = T0 + 365 * 86400
+    route = respx.get(f"{BASE}/v1/events").mock(
+        side_effect=[page(event(1, far), event(2, T0 - 5)), page(event(3, T0 + 30))]
+    )
+    runner = runner_factory()
+
+    runner.poll()
+    clock.now += 60
+    (second,) = runner.poll()
+
+    since = int(route.calls[1].request.url.params["created[gte]"])
+    assert since <= T0
+    assert second.new == 1
+    assert "ahead of this host's clock" in caplog.text
+    assert "365d 0h" in caplog.text
+
+
+@respx.mock
+def test_slow_timeouts_get_every_attempt(runner_factory, clock, monkeypatch):
+    """Requests that time out slowly are still tried max_attempts times."""
+    elapsed = [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: elapsed[0])
+
+    def slow_timeout(request: httpx.Request) -> httpx.Response:
+        elapsed[0] += 1.5  # the request takes most of its timeout
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    route = respx.get(f"{BASE}/v1/events").mock(side_effect=slow_timeout)
+    runner = runner_factory(max_attempts=3, max_retry_wait="1s", request_timeout="2s")
+
+    (report,) = runner.poll()
+
+    assert not report.ok
+    assert "timed out" in (report.error or "")
+    assert route.call_count == 3
+
+
+@respx.mock
+def test_long_rate_limit_logged_once(runner_factory, clock, caplog):
+    """Runs that meet the same long rate-limit wait log one ERROR line, not one each."""
+    respx.get(f"{BASE}/v1/events").mock(
+        return_value=httpx.Response(429, headers={"Retry-After": "100000"})
+    )
+    runner = runner_factory(budgets=RateBudgets(clock))
+    runner.poll()
+    caplog.clear()
+
+    for _ in range(3):
+        clock.now += 3
+        runner.poll()
+
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    assert "rate limited until 2024-05-02T13:46:40Z" in errors[0]

@@ -171,3 +171,40 @@ def test_pending_end_left_after_timeout(
     (run,) = runs(store)
     assert left == [run.id]
     assert run.status == "running"
+
+
+@pytest.mark.parametrize("kind", ["poll", "reconcile"])
+def test_failed_run_counts_pages_stored(store: Store, kind: str) -> None:
+    """A run that fails after storing pages records what it stored."""
+    provider = make_config(store.url, API, webhooks=False, max_attempts=1)
+    first = {
+        "object": "list",
+        "data": [
+            {
+                "id": "evt_1",
+                "object": "event",
+                "type": "invoice.paid",
+                "created": T0 - 60,
+                "data": {"object": {"id": "in_1", "object": "invoice"}},
+            }
+        ],
+        "has_more": True,
+    }
+    with httpx.Client() as client, respx.mock() as mock:
+        mock.get(f"{API}/v1/events").mock(
+            side_effect=[httpx.Response(200, json=first), httpx.Response(401)]
+        )
+        runner = ProviderRunner(
+            store,
+            StripeConnector(provider.providers["payments"]),
+            client,
+            clock=lambda: T0,
+        )
+        report = runner.poll()[0] if kind == "poll" else runner.reconcile()
+
+    (run,) = runs(store)
+    assert not report.ok
+    assert run.status == "failed"
+    assert run.listed == 1
+    assert run.new == 1
+    assert run.requests == 2

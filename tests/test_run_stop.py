@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 
 import httpx
@@ -115,18 +116,74 @@ def test_failure_still_logged_as_error(store, stopping_runner, metrics, caplog):
 
 
 def test_daemon_stop_ends_poll(store, caplog):
-    """The daemon's wait between requests ends a poll as stopped once it stops."""
+    """A poll that starts once the daemon stops ends as stopped, with no request."""
     caplog.set_level(logging.INFO)
     daemon = Daemon(Runtime.open(settings(store.url), clock=lambda: T0))
     try:
         daemon._stop_runs.set()
-        with respx.mock() as mock:
-            mock.get(EVENTS_URL).mock(return_value=httpx.Response(503))
+        with respx.mock(assert_all_called=False) as mock:
+            route = mock.get(EVENTS_URL).mock(return_value=httpx.Response(503))
             (report,) = daemon.runners["payments"].poll()
     finally:
         daemon.client.close()
         daemon.runtime.close()
 
     assert "syncd is stopping" in (report.error or "")
+    assert route.call_count == 0
     assert run_statuses(store) == [("poll", "stopped")]
     assert errors_of(caplog) == []
+
+
+def event(number: int) -> dict:
+    return {
+        "id": f"evt_{number:03d}",
+        "object": "event",
+        "type": "invoice.paid",
+        "created": T0 - 60 - number,
+        "data": {"object": {"id": f"in_{number}", "object": "invoice"}},
+    }
+
+
+@pytest.mark.parametrize("kind", ["poll", "reconcile"])
+def test_stop_between_pages_ends_listing(store, metrics, kind):
+    """A stop during a listing ends it after the pages already requested.
+
+    The run record counts the pages that were stored before the stop.
+    """
+    stop = threading.Event()
+    requested: list[str] = []
+
+    def pages(request: httpx.Request) -> httpx.Response:
+        after = request.url.params.get("starting_after")
+        number = 0 if after is None else int(after.removeprefix("evt_")) + 1
+        requested.append(f"evt_{number:03d}")
+        if number == 1:
+            stop.set()  # syncd's stop arrives while page 2 is being fetched
+        body = {"object": "list", "data": [event(number)], "has_more": number < 9}
+        return httpx.Response(200, json=body)
+
+    provider = settings(store.url).providers["payments"]
+    with httpx.Client() as client, respx.mock() as mock:
+        mock.get(EVENTS_URL).mock(side_effect=pages)
+        runner = ProviderRunner(
+            store,
+            StripeConnector(provider),
+            client,
+            metrics=metrics,
+            clock=lambda: T0,
+            sleep=stop_now,
+            stopping=stop.is_set,
+        )
+        if kind == "poll":
+            (report,) = runner.poll()
+        else:
+            report = runner.reconcile(trigger="command")
+
+    with store.session() as session:
+        (run,) = session.execute(select(Run)).scalars()
+    assert report.error == StoppingError.MESSAGE
+    assert requested == ["evt_000", "evt_001"]
+    assert run.status == "stopped"
+    assert run.listed == 2
+    assert run.new == 2
+    assert run.requests == 2

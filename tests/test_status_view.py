@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from syncd.queries import ProviderStatus, SinkStatus
-from syncd.status_view import format_age, render_status
-from syncd.units import to_utc_iso
+from syncd.status_view import render_status
+from syncd.units import format_age, to_utc_iso
 
 NOW = datetime(2024, 5, 1, 10, 0, 0, tzinfo=UTC)
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
