@@ -179,12 +179,16 @@ class Connector(ABC):
     configuration), ``default_api_base_url``, and ``Options``: a pydantic
     model of the provider table's own keys, validated with ``extra="forbid"``.
     ``retention`` is how long the provider keeps listable events, when known.
+    ``max_page_size`` is the most items the provider's API returns per
+    listing request, when it has a fixed maximum. Loading the configuration
+    rejects a larger ``page_size``.
     """
 
     name: ClassVar[str]
     default_api_base_url: ClassVar[str]
     Options: ClassVar[type[BaseModel]] = NoOptions
     retention: ClassVar[timedelta | None] = None
+    max_page_size: ClassVar[int | None] = None
     # True when the provider's API rejects every request without api_token.
     api_token_required: ClassVar[bool] = False
 

@@ -164,6 +164,7 @@ class GitHubConnector(Connector):
     name = "github"
     default_api_base_url = "https://api.github.com"
     Options = GitHubOptions
+    max_page_size = MAX_PER_PAGE
 
     # Webhooks
 
@@ -229,11 +230,10 @@ class GitHubConnector(Connector):
 
     def first_request(self, listing: str, window: Window) -> PageRequest:
         kind, repository = _split_listing(listing)
-        per_page = min(self.provider.page_size, MAX_PER_PAGE)
         params = [("sort", "updated"), ("direction", "desc")]
         if kind != "comments":
             params.insert(0, ("state", "all"))
-        params.append(("per_page", str(per_page)))
+        params.append(("per_page", str(self.provider.page_size)))
         if window.since is not None:
             params.append(("since", since_param(window.since)))
         url = f"/repos/{repository}/{LISTING_PATHS[kind]}"

@@ -140,6 +140,7 @@ class ShopifyConnector(Connector):
     default_api_base_url = ""  # every shop has its own host
     Options = ShopifyOptions
     api_token_required = True
+    max_page_size = MAX_LIMIT
 
     def __init__(self, provider: ProviderConfig) -> None:
         problems = self.check_provider(provider)
@@ -247,7 +248,7 @@ class ShopifyConnector(Connector):
     def _page_limit(self) -> int:
         """Return ``page_size`` if the table sets it, else Shopify's maximum."""
         if "page_size" in self.provider.model_fields_set:
-            return min(self.provider.page_size, MAX_LIMIT)
+            return self.provider.page_size
         return MAX_LIMIT
 
     def parse_page(

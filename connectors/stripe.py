@@ -35,6 +35,8 @@ from connectors.verifiers import check_tolerance
 from syncd.errors import PayloadError, ResponseError, SignatureError
 
 SIGNATURE_HEADER = "stripe-signature"
+# Maximum ``limit`` of GET /v1/events: Stripe documents a range of 1 to 100.
+MAX_LIMIT = 100
 
 
 class StripeOptions(BaseModel):
@@ -53,6 +55,7 @@ class StripeConnector(Connector):
     Options = StripeOptions
     api_token_required = True
     retention = timedelta(days=30)
+    max_page_size = MAX_LIMIT
 
     def verify_webhook(
         self, headers: Mapping[str, str], body: bytes, now: float
@@ -85,7 +88,7 @@ class StripeConnector(Connector):
         return [record]
 
     def first_request(self, listing: str, window: Window) -> PageRequest:
-        params = [("limit", str(min(self.provider.page_size, 100)))]
+        params = [("limit", str(self.provider.page_size))]
         if window.since is not None:
             params.append(("created[gte]", str(math.floor(window.since.timestamp()))))
         if window.until is not None:

@@ -229,13 +229,39 @@ class ProviderConfig(BaseModel):
             )
         return value
 
-    @field_validator("poll_interval", "reconcile_interval", "reconcile_window")
+    @field_validator("poll_interval", "reconcile_interval")
     @classmethod
     def _check_interval(cls, value: timedelta) -> timedelta:
         if value < timedelta(seconds=1):
             raise ValueError(
                 f"{units.format_duration(value)} is too short; use at least '1s' "
                 "(a provider is not asked more than once a second)"
+            )
+        return value
+
+    @field_validator("reconcile_window")
+    @classmethod
+    def _check_window(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=1):
+            raise ValueError(
+                f"{units.format_duration(value)} is too short: a reconcile looks "
+                "this far back for events that webhooks missed, and a zero window "
+                "looks back no time at all; use at least '1s' (the default is '2h')"
+            )
+        return value
+
+    @field_validator("request_timeout")
+    @classmethod
+    def _check_request_timeout(cls, value: timedelta) -> timedelta:
+        # httpx applies the timeout to each phase of a request: waiting for a
+        # pooled connection, connecting, sending and receiving. Connecting to
+        # a remote API, with DNS and TLS, can take hundreds of milliseconds,
+        # and '0s' fails every request before it connects.
+        if value < timedelta(seconds=1):
+            raise ValueError(
+                f"{units.format_duration(value)} is too short for an API request "
+                "to connect and receive a response; use at least '1s' "
+                "(the default is '30s')"
             )
         return value
 
@@ -513,6 +539,7 @@ def _parse_provider(
         return None
     extra = {k: v for k, v in table.items() if k not in ProviderConfig.model_fields}
     options = _validate(connector.Options, extra, where, problems)
+    _check_page_size(connector, provider, table, where, problems)
     if provider is None or options is None:
         return None
     provider.options = options
@@ -523,6 +550,36 @@ def _parse_provider(
         if key not in unresolved:
             problems.append(f"{where}.{key}: {message}")
     return provider if len(problems) == before else None
+
+
+def _check_page_size(
+    connector: Any,
+    provider: ProviderConfig | None,
+    table: dict[str, Any],
+    where: str,
+    problems: list[str],
+) -> None:
+    """Add a problem when ``page_size`` is above the connector's maximum.
+
+    When another common key is invalid, ``provider`` is None and the table's
+    integer is checked instead, so that one run lists this problem too.
+    """
+    maximum = connector.max_page_size
+    key = f"{where}.page_size"
+    if provider is not None:
+        page_size = provider.page_size
+    else:
+        default = ProviderConfig.model_fields["page_size"].default
+        page_size = table.get("page_size", default)
+    if maximum is None or not isinstance(page_size, int) or page_size <= maximum:
+        return
+    # A page_size that failed validation, such as 5000, is listed already.
+    if any(problem.startswith(f"{key}: ") for problem in problems):
+        return
+    problems.append(
+        f"{key}: page_size {page_size} is above the {connector.name} "
+        f"connector's maximum of {maximum}; use at most {maximum}"
+    )
 
 
 def _resolve_table_secret(

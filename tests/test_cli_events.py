@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import pty
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -1011,18 +1012,26 @@ def test_reconcile_since_future_rejected(tmp_path: Path) -> None:
     assert "is in the future" in result.stderr
 
 
+LOCAL_API = "http://127.0.0.1:9"
+
+
+def write_local_config(directory: Path) -> Path:
+    """Write a configuration with one provider whose API is on loopback."""
+    path = directory / "config.toml"
+    path.write_text(
+        f'[daemon]\ndatabase = "sqlite:///{directory / "syncd.db"}"\n\n'
+        '[providers.shop]\nconnector = "stripe"\n'
+        f'api_token = "{API_TOKEN}"\napi_base_url = "{LOCAL_API}"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
 def test_reconcile_warns_run_end_unrecorded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A reconcile whose run end meets an outage warns that the run stays running."""
-    api = "http://127.0.0.1:9"
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f'[daemon]\ndatabase = "sqlite:///{tmp_path / "syncd.db"}"\n\n'
-        '[providers.shop]\nconnector = "stripe"\n'
-        f'api_token = "{API_TOKEN}"\napi_base_url = "{api}"\n',
-        encoding="utf-8",
-    )
+    config = write_local_config(tmp_path)
 
     def store_down(*args: object) -> None:
         raise StoreUnavailableError("connection refused (test outage)")
@@ -1031,7 +1040,9 @@ def test_reconcile_warns_run_end_unrecorded(
     monkeypatch.setattr(cli, "RUN_END_TIMEOUT", 0.1)
     empty = {"object": "list", "data": [], "has_more": False}
     with respx.mock() as mock:
-        mock.get(f"{api}/v1/events").mock(return_value=httpx.Response(200, json=empty))
+        mock.get(f"{LOCAL_API}/v1/events").mock(
+            return_value=httpx.Response(200, json=empty)
+        )
         result = invoke("reconcile", "-c", str(config))
 
     assert result.exit_code == 0, result.output
@@ -1039,3 +1050,69 @@ def test_reconcile_warns_run_end_unrecorded(
         result.stderr
     )
     assert "shows it as running" in result.stderr
+
+
+def test_reconcile_sigterm_recorded_stopped(tmp_path: Path) -> None:
+    """SIGTERM during a reconcile records its run as stopped, not running."""
+    config = write_local_config(tmp_path)
+
+    def terminate(request: httpx.Request) -> httpx.Response:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return httpx.Response(200, json={"object": "list", "data": []})
+
+    before = signal.getsignal(signal.SIGTERM)
+    with respx.mock(assert_all_called=False) as mock:
+        mock.get(f"{LOCAL_API}/v1/events").mock(side_effect=terminate)
+        result = invoke("reconcile", "-c", str(config))
+    store = Store(f"sqlite:///{tmp_path / 'syncd.db'}")
+    with store.session() as session:
+        (run,) = session.query(Run).all()
+    store.dispose()
+
+    assert result.exit_code != 0
+    assert run.status == "stopped"
+    assert run.error == "interrupted (SIGTERM)"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_first_reconcile_explains_empty_window(tmp_path: Path) -> None:
+    """A first reconcile under start_from "now" says how to list older events."""
+    config = write_local_config(tmp_path)
+    empty = {"object": "list", "data": [], "has_more": False}
+
+    with respx.mock() as mock:
+        mock.get(f"{LOCAL_API}/v1/events").mock(
+            return_value=httpx.Response(200, json=empty)
+        )
+        result = invoke("reconcile", "-c", str(config))
+        later = invoke("reconcile", "-c", str(config), "--since", "2h")
+
+    assert result.exit_code == 0, result.output
+    assert 'because start_from is "now"; pass --since' in result.stdout
+    assert later.exit_code == 0, later.output
+    assert "start_from" not in later.stdout
+
+
+@pytest.mark.parametrize("command", ["list", "tail"])
+@pytest.mark.parametrize("after", ["abc", "1.5", ""])
+def test_after_not_integer_rejected(tmp_path: Path, command: str, after: str) -> None:
+    """--after that is not an integer is a usage error saying so, with the range."""
+    config = tmp_path / "missing.toml"
+    result = invoke("events", command, "-c", str(config), "--after", after)
+
+    assert result.exit_code == 2, result.output
+    assert "'--after'" in result.stderr
+    assert f"{after!r} is not an integer" in result.stderr
+    assert OFFSET_RANGE in result.stderr
+    assert "integer range" not in result.stderr
+
+
+def test_limit_not_integer_rejected(tmp_path: Path) -> None:
+    """--limit that is not an integer is a usage error saying so, with the range."""
+    config = tmp_path / "missing.toml"
+    result = invoke("events", "list", "-c", str(config), "--limit", "ten")
+
+    assert result.exit_code == 2, result.output
+    assert "'--limit'" in result.stderr
+    assert "'ten' is not an integer" in result.stderr
+    assert "1<=x<=9223372036854775807" in result.stderr

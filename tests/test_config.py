@@ -22,6 +22,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 STRIPE = '[providers.p]\nconnector = "stripe"\n'
 # A Stripe table that loads without problems.
 STRIPE_WITH_TOKEN = STRIPE + 'api_token = "sk_test_1"\n'
+# GitHub and Shopify tables that load without problems.
+GITHUB = '[providers.p]\nconnector = "github"\nrepositories = ["octo-org/octo-repo"]\n'
+SHOPIFY = (
+    '[providers.p]\nconnector = "shopify"\napi_token = "shpat_1"\n'
+    'api_base_url = "https://example-shop.myshopify.com"\napi_version = "2024-04"\n'
+)
 NOW = datetime(2024, 5, 1, 10, 0, 0, tzinfo=UTC)
 
 # Variables of the outer environment that would change what a test loads.
@@ -239,6 +245,61 @@ PROBLEM_CASES = [
         STRIPE + 'lookback = "30s"\n', "providers.p.lookback", "use at least '60s'",
         id="short-lookback",
     ),
+    pytest.param(
+        STRIPE_WITH_TOKEN + 'request_timeout = "0s"\n',
+        "providers.p.request_timeout",
+        "0s is too short for an API request",
+        id="zero-request-timeout",
+    ),
+    pytest.param(
+        STRIPE_WITH_TOKEN + 'request_timeout = "500ms"\n',
+        "providers.p.request_timeout",
+        "use at least '1s' (the default is '30s')",
+        id="short-request-timeout",
+    ),
+    pytest.param(
+        STRIPE_WITH_TOKEN + 'reconcile_window = "0s"\n',
+        "providers.p.reconcile_window",
+        "a zero window looks back no time at all; use at least '1s'",
+        id="zero-reconcile-window",
+    ),
+    pytest.param(
+        STRIPE_WITH_TOKEN + "page_size = 1000\n",
+        "providers.p.page_size",
+        "page_size 1000 is above the stripe connector's maximum of 100; "
+        "use at most 100",
+        id="stripe-page-size-above-maximum",
+    ),
+    pytest.param(
+        GITHUB + "page_size = 101\n",
+        "providers.p.page_size",
+        "above the github connector's maximum of 100",
+        id="github-page-size-above-maximum",
+    ),
+    pytest.param(
+        SHOPIFY + "page_size = 251\n",
+        "providers.p.page_size",
+        "above the shopify connector's maximum of 250; use at most 250",
+        id="shopify-page-size-above-maximum",
+    ),
+    pytest.param(
+        GITHUB.replace("repositories", "repository") + "page_size = 500\n",
+        "providers.p.page_size",
+        "above the github connector's maximum of 100",
+        id="page-size-with-invalid-options",
+    ),
+    pytest.param(
+        STRIPE_WITH_TOKEN + 'poll_interval = "5x"\npage_size = 1000\n',
+        "providers.p.page_size",
+        "above the stripe connector's maximum of 100",
+        id="page-size-with-invalid-common-key",
+    ),
+    pytest.param(
+        STRIPE_WITH_TOKEN + "page_size = 5000\n",
+        "providers.p.page_size",
+        "less than or equal to 1000",
+        id="page-size-above-any-maximum",
+    ),
 ]
 
 
@@ -251,6 +312,34 @@ def test_check_config_problem(
 
     assert result.exit_code == EXIT_CONFIG, result.output
     assert fragment in find_problem(listed_problems(result), path)
+
+
+@pytest.mark.parametrize(
+    ("text", "page_size"),
+    [
+        pytest.param(STRIPE_WITH_TOKEN + "page_size = 100\n", 100, id="stripe"),
+        pytest.param(GITHUB + "page_size = 100\n", 100, id="github"),
+        pytest.param(SHOPIFY + "page_size = 250\n", 250, id="shopify"),
+    ],
+)
+def test_page_size_at_maximum_valid(tmp_path: Path, text: str, page_size: int) -> None:
+    """A page_size equal to the connector's maximum loads unchanged."""
+    config = config_module.load(write_config(tmp_path, text), environ={})
+
+    assert config.providers["p"].page_size == page_size
+
+
+def test_page_size_without_maximum_valid(tmp_path: Path) -> None:
+    """The rest connector has no maximum of its own, so page_size 1000 loads."""
+    text = (
+        '[providers.p]\nconnector = "rest"\n'
+        'api_base_url = "https://api.tickets.example"\npath = "/v2/tickets"\n'
+        'id_field = "id"\ntime_field = "updated_at"\npage_size = 1000\n'
+        'cursor = { kind = "token" }\npagination = { kind = "link" }\n'
+    )
+    config = config_module.load(write_config(tmp_path, text), environ={})
+
+    assert config.providers["p"].page_size == 1000
 
 
 @pytest.mark.parametrize("port", ["65536", "99999"])

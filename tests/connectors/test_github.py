@@ -376,7 +376,7 @@ def test_listings_per_repository() -> None:
 
 def test_first_request_for_issues() -> None:
     """The issues request lists all states newest first from before ``since``."""
-    connector = make_connector(page_size=500)
+    connector = make_connector(page_size=100)
     window = Window(
         since=datetime(2024, 5, 1, 10, 0, 0, 500000, tzinfo=UTC), until=None
     )
