@@ -20,6 +20,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -174,6 +175,46 @@ def _is_memory_database(url: str) -> bool:
     )
 
 
+# The shortest value of each duration setting of a provider, as written in
+# messages, and what a shorter one would do.
+_SHORTEST = {
+    "signature_tolerance": (
+        timedelta(seconds=1),
+        "1s",
+        "would reject every webhook as stale",
+    ),
+    "poll_interval": (
+        timedelta(seconds=1),
+        "1s",
+        "is too short: a provider is not asked more than once a second",
+    ),
+    "reconcile_interval": (
+        timedelta(seconds=1),
+        "1s",
+        "is too short: a provider is not asked more than once a second",
+    ),
+    "reconcile_window": (
+        timedelta(seconds=1),
+        "1s",
+        "is too short: a reconcile looks this far back for events that "
+        "webhooks missed, and a zero window looks back no time at all",
+    ),
+    # httpx applies the timeout to each phase of a request: waiting for a
+    # pooled connection, connecting, sending and receiving. Connecting to a
+    # remote API, with DNS and TLS, can take hundreds of milliseconds.
+    "request_timeout": (
+        timedelta(seconds=1),
+        "1s",
+        "is too short for an API request to connect and receive a response",
+    ),
+    "lookback": (
+        timedelta(seconds=60),
+        "60s",
+        "is too short to catch events that become visible late",
+    ),
+}
+
+
 class ProviderConfig(BaseModel):
     """One ``[providers.NAME]`` table.
 
@@ -219,59 +260,15 @@ class ProviderConfig(BaseModel):
             )
         return value.rstrip("/")
 
-    @field_validator("signature_tolerance")
+    @field_validator(*_SHORTEST)
     @classmethod
-    def _check_tolerance(cls, value: timedelta) -> timedelta:
-        if value < timedelta(seconds=1):
+    def _check_shortest(cls, value: timedelta, info: ValidationInfo) -> timedelta:
+        shortest, text, problem = _SHORTEST[info.field_name]
+        if value < shortest:
+            default = units.format_duration(cls.model_fields[info.field_name].default)
             raise ValueError(
-                f"{units.format_duration(value)} would reject every webhook as "
-                "stale; use at least '1s' (the default is '5m')"
-            )
-        return value
-
-    @field_validator("poll_interval", "reconcile_interval")
-    @classmethod
-    def _check_interval(cls, value: timedelta) -> timedelta:
-        if value < timedelta(seconds=1):
-            raise ValueError(
-                f"{units.format_duration(value)} is too short; use at least '1s' "
-                "(a provider is not asked more than once a second)"
-            )
-        return value
-
-    @field_validator("reconcile_window")
-    @classmethod
-    def _check_window(cls, value: timedelta) -> timedelta:
-        if value < timedelta(seconds=1):
-            raise ValueError(
-                f"{units.format_duration(value)} is too short: a reconcile looks "
-                "this far back for events that webhooks missed, and a zero window "
-                "looks back no time at all; use at least '1s' (the default is '2h')"
-            )
-        return value
-
-    @field_validator("request_timeout")
-    @classmethod
-    def _check_request_timeout(cls, value: timedelta) -> timedelta:
-        # httpx applies the timeout to each phase of a request: waiting for a
-        # pooled connection, connecting, sending and receiving. Connecting to
-        # a remote API, with DNS and TLS, can take hundreds of milliseconds,
-        # and '0s' fails every request before it connects.
-        if value < timedelta(seconds=1):
-            raise ValueError(
-                f"{units.format_duration(value)} is too short for an API request "
-                "to connect and receive a response; use at least '1s' "
-                "(the default is '30s')"
-            )
-        return value
-
-    @field_validator("lookback")
-    @classmethod
-    def _check_lookback(cls, value: timedelta) -> timedelta:
-        if value < timedelta(seconds=60):
-            raise ValueError(
-                f"{units.format_duration(value)} is too short to catch events that "
-                "become visible late; use at least '60s'"
+                f"{units.format_duration(value)} {problem}; use at least "
+                f"'{text}' (the default is '{default}')"
             )
         return value
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import httpx
 import pytest
 import respx
@@ -23,32 +26,41 @@ def runs(store: Store) -> list[Run]:
         return list(session.execute(select(Run).order_by(Run.id)).scalars())
 
 
-def test_run_end_recorded_after_outage(
-    store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A run's end that met an outage is written before the next run."""
-    provider = make_config(store.url, API, webhooks=False).providers["payments"]
-    now = [float(T0)]
+def store_down(*args: object) -> None:
+    raise StoreUnavailableError("connection refused (test outage)")
+
+
+@pytest.fixture
+def empty_api() -> Iterator[httpx.Client]:
+    """A client of a provider API whose every listing is one empty page."""
     with httpx.Client() as client, respx.mock() as mock:
         mock.get(f"{API}/v1/events").mock(
             return_value=httpx.Response(200, json=EMPTY_PAGE)
         )
-        runner = ProviderRunner(
-            store, StripeConnector(provider), client, clock=lambda: now[0]
-        )
-        write_end = runner._write_run_end
+        yield client
 
-        def store_down(*args: object) -> None:
-            raise StoreUnavailableError("connection refused (test outage)")
 
-        monkeypatch.setattr(runner, "_write_run_end", store_down)
-        (first,) = runner.poll()
-        during = runs(store)
+def runner_for(store: Store, client: httpx.Client, **options: Any) -> ProviderRunner:
+    provider = make_config(store.url, API, webhooks=False).providers["payments"]
+    return ProviderRunner(store, StripeConnector(provider), client, **options)
 
-        monkeypatch.setattr(runner, "_write_run_end", write_end)
-        now[0] += 60
-        (second,) = runner.poll()
-        after = runs(store)
+
+def test_run_end_recorded_after_outage(
+    store: Store, empty_api: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's end that met an outage is written before the next run."""
+    now = [float(T0)]
+    runner = runner_for(store, empty_api, clock=lambda: now[0])
+    write_end = runner._write_run_end
+
+    monkeypatch.setattr(runner, "_write_run_end", store_down)
+    (first,) = runner.poll()
+    during = runs(store)
+
+    monkeypatch.setattr(runner, "_write_run_end", write_end)
+    now[0] += 60
+    (second,) = runner.poll()
+    after = runs(store)
 
     assert first.ok
     assert second.ok
@@ -61,30 +73,20 @@ def test_run_end_recorded_after_outage(
 
 
 def test_run_end_kept_while_store_down(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+    store: Store, empty_api: httpx.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An end still unwritable at the next run is kept for the run after it."""
-    provider = make_config(store.url, API, webhooks=False).providers["payments"]
-    with httpx.Client() as client, respx.mock() as mock:
-        mock.get(f"{API}/v1/events").mock(
-            return_value=httpx.Response(200, json=EMPTY_PAGE)
-        )
-        runner = ProviderRunner(
-            store, StripeConnector(provider), client, clock=lambda: T0
-        )
-        write_end = runner._write_run_end
+    runner = runner_for(store, empty_api, clock=lambda: T0)
+    write_end = runner._write_run_end
 
-        def store_down(*args: object) -> None:
-            raise StoreUnavailableError("connection refused (test outage)")
+    monkeypatch.setattr(runner, "_write_run_end", store_down)
+    runner.poll()
+    runner.poll()
+    during = runs(store)
 
-        monkeypatch.setattr(runner, "_write_run_end", store_down)
-        runner.poll()
-        runner.poll()
-        during = runs(store)
-
-        monkeypatch.setattr(runner, "_write_run_end", write_end)
-        runner.poll()
-        after = runs(store)
+    monkeypatch.setattr(runner, "_write_run_end", write_end)
+    runner.poll()
+    after = runs(store)
 
     assert [run.status for run in during] == ["running", "running"]
     assert [run.status for run in after] == ["ok", "ok", "ok"]
@@ -113,31 +115,21 @@ def test_interrupted_run_recorded_stopped(store: Store) -> None:
 
 
 def test_pending_end_recorded_once_store_returns(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+    store: Store, empty_api: httpx.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """record_pending_ends writes an end as soon as the store takes it."""
-    provider = make_config(store.url, API, webhooks=False).providers["payments"]
     sleeps: list[float] = []
-    with httpx.Client() as client, respx.mock() as mock:
-        mock.get(f"{API}/v1/events").mock(
-            return_value=httpx.Response(200, json=EMPTY_PAGE)
-        )
-        runner = ProviderRunner(
-            store, StripeConnector(provider), client, clock=lambda: T0
-        )
-        write_end = runner._write_run_end
+    runner = runner_for(store, empty_api, clock=lambda: T0)
+    write_end = runner._write_run_end
 
-        def store_down(*args: object) -> None:
-            raise StoreUnavailableError("connection refused (test outage)")
+    def store_back(seconds: float) -> None:
+        sleeps.append(seconds)
+        monkeypatch.setattr(runner, "_write_run_end", write_end)
 
-        def store_back(seconds: float) -> None:
-            sleeps.append(seconds)
-            monkeypatch.setattr(runner, "_write_run_end", write_end)
-
-        monkeypatch.setattr(runner, "_write_run_end", store_down)
-        runner.reconcile(trigger="command")
-        runner.sleep = store_back
-        left = runner.record_pending_ends(10.0)
+    monkeypatch.setattr(runner, "_write_run_end", store_down)
+    runner.reconcile(trigger="command")
+    runner.sleep = store_back
+    left = runner.record_pending_ends(10.0)
 
     assert left == []
     assert len(sleeps) == 1
@@ -145,28 +137,14 @@ def test_pending_end_recorded_once_store_returns(
 
 
 def test_pending_end_left_after_timeout(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+    store: Store, empty_api: httpx.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An end the store never takes is returned after the timeout, still running."""
-    provider = make_config(store.url, API, webhooks=False).providers["payments"]
-    with httpx.Client() as client, respx.mock() as mock:
-        mock.get(f"{API}/v1/events").mock(
-            return_value=httpx.Response(200, json=EMPTY_PAGE)
-        )
-        runner = ProviderRunner(
-            store,
-            StripeConnector(provider),
-            client,
-            clock=lambda: T0,
-            sleep=lambda _seconds: None,
-        )
+    runner = runner_for(store, empty_api, clock=lambda: T0, sleep=lambda _: None)
 
-        def store_down(*args: object) -> None:
-            raise StoreUnavailableError("connection refused (test outage)")
-
-        monkeypatch.setattr(runner, "_write_run_end", store_down)
-        runner.reconcile(trigger="command")
-        left = runner.record_pending_ends(0.1)
+    monkeypatch.setattr(runner, "_write_run_end", store_down)
+    runner.reconcile(trigger="command")
+    left = runner.record_pending_ends(0.1)
 
     (run,) = runs(store)
     assert left == [run.id]
