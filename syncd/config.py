@@ -175,6 +175,11 @@ def _is_memory_database(url: str) -> bool:
     )
 
 
+_ONCE_A_SECOND = (
+    timedelta(seconds=1),
+    "1s",
+    "is too short: a provider is not asked more than once a second",
+)
 # The shortest value of each duration setting of a provider, as written in
 # messages, and what a shorter one would do.
 _SHORTEST = {
@@ -183,16 +188,8 @@ _SHORTEST = {
         "1s",
         "would reject every webhook as stale",
     ),
-    "poll_interval": (
-        timedelta(seconds=1),
-        "1s",
-        "is too short: a provider is not asked more than once a second",
-    ),
-    "reconcile_interval": (
-        timedelta(seconds=1),
-        "1s",
-        "is too short: a provider is not asked more than once a second",
-    ),
+    "poll_interval": _ONCE_A_SECOND,
+    "reconcile_interval": _ONCE_A_SECOND,
     "reconcile_window": (
         timedelta(seconds=1),
         "1s",
