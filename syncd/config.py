@@ -204,6 +204,12 @@ _SHORTEST = {
         "1s",
         "is too short for an API request to connect and receive a response",
     ),
+    "max_retry_wait": (
+        timedelta(seconds=1),
+        "1s",
+        "is too short: retries would not wait at all, and every rate limit "
+        "would end the run",
+    ),
     "lookback": (
         timedelta(seconds=60),
         "60s",

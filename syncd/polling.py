@@ -336,22 +336,45 @@ def poll_listing(
     first_request = start or connector.first_request(listing, window)
     validators = _validators(state, first_request, start, now)
     started = time.monotonic()
-    first = run_listing(
-        store,
-        connector,
-        fetcher,
-        listing,
-        report,
-        start=first_request,
-        on_page=lambda session, page, response: _save_page_progress(
-            session, name, listing, state, page, now
-        ),
-        validators=validators,
-        clock=lambda: now,
-    )
+    try:
+        first = run_listing(
+            store,
+            connector,
+            fetcher,
+            listing,
+            report,
+            start=first_request,
+            on_page=lambda session, page, response: _save_page_progress(
+                session, name, listing, state, page, now
+            ),
+            validators=validators,
+            clock=lambda: now,
+        )
+    except ResponseError as exc:
+        if start is None or report.pages:
+            raise
+        _drop_saved_page(store, name, listing, state, now)
+        raise ResponseError(
+            f"{exc}; the provider rejected the saved page cursor (an event "
+            "it points at may have expired), so the next poll lists the "
+            "window again from its start"
+        ) from exc
     report.seconds = time.monotonic() - started
     _after_run(store, connector, listing, state, report, first, first_request, now)
     return report
+
+
+def _drop_saved_page(
+    store: Store, name: str, listing: str, state: dict[str, Any], now: datetime
+) -> None:
+    """Forget the page a poll was to resume from, keeping the rest of the cursor.
+
+    Events of the pages already stored are listed again and counted as
+    duplicates, so nothing is lost.
+    """
+    state["next"] = None
+    with store.session() as session:
+        save_cursor(session, name, listing, state, now)
 
 
 def _save_page_progress(

@@ -202,8 +202,9 @@ class ProviderRunner:
             since = min(since, last_until - settings.lookback)
         elif settings.start_from != "now":
             since = min(since, settings.start_from)  # type: ignore[type-var]
-        else:
-            # "now" fetches no history from before the first start.
+        if settings.start_from == "now":
+            # "now" fetches no history from before the first start, on the
+            # first reconcile and on every later one.
             since = max(since, self.origin(now))
         return since
 

@@ -1116,3 +1116,22 @@ def test_limit_not_integer_rejected(tmp_path: Path) -> None:
     assert "'--limit'" in result.stderr
     assert "'ten' is not an integer" in result.stderr
     assert "1<=x<=9223372036854775807" in result.stderr
+
+
+def test_later_reconcile_keeps_start_from_now(tmp_path: Path) -> None:
+    """Under start_from "now", a later reconcile also lists nothing older."""
+    config = write_local_config(tmp_path)
+    empty = {"object": "list", "data": [], "has_more": False}
+
+    with respx.mock() as mock:
+        route = mock.get(f"{LOCAL_API}/v1/events").mock(
+            return_value=httpx.Response(200, json=empty)
+        )
+        first = invoke("reconcile", "-c", str(config))
+        second = invoke("reconcile", "-c", str(config))
+
+    starts = [int(call.request.url.params["created[gte]"]) for call in route.calls]
+    assert first.exit_code == 0, first.output
+    assert second.exit_code == 0, second.output
+    assert len(starts) == 2
+    assert starts[1] == starts[0]

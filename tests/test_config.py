@@ -168,6 +168,10 @@ PROBLEM_CASES = [
         id="size-float",
     ),
     pytest.param(
+        STRIPE + 'max_retry_wait = "0s"\n', "providers.p.max_retry_wait",
+        "retries would not wait at all", id="zero-max-retry-wait",
+    ),
+    pytest.param(
         '[daemon]\ndatabase = "mysql://127.0.0.1/syncd"\n', "daemon.database",
         "unsupported database URL", id="bad-database",
     ),

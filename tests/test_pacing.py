@@ -531,3 +531,36 @@ def test_long_rate_limit_logged_once(runner_factory, clock, caplog):
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1
     assert "rate limited until 2024-05-02T13:46:40Z" in errors[0]
+
+
+@respx.mock
+def test_rejected_saved_cursor_restarts_window(runner_factory, clock):
+    """A saved page cursor the provider rejects is dropped, and polls go on."""
+    more = page(event(1, T0 - 5))
+    more_body = json.loads(more.content)
+    more_body["has_more"] = True
+    route = respx.get(f"{BASE}/v1/events").mock(
+        side_effect=[
+            httpx.Response(200, json=more_body),
+            httpx.Response(500),
+            httpx.Response(400, json={"error": {"message": "No such event"}}),
+            page(event(2, T0 + 1), event(1, T0 - 5)),
+        ]
+    )
+    runner = runner_factory(max_attempts=1)
+
+    (stopped,) = runner.poll()
+    clock.now += 5
+    (rejected,) = runner.poll()
+    clock.now += 5
+    (restarted,) = runner.poll()
+
+    resumed = route.calls[2].request.url.params
+    fresh = route.calls[3].request.url.params
+    assert not stopped.ok
+    assert resumed["starting_after"] == "evt_1"
+    assert "rejected the saved page cursor" in (rejected.error or "")
+    assert "starting_after" not in fresh
+    assert restarted.ok
+    assert restarted.new == 1
+    assert cursor_state(runner)["next"] is None
