@@ -403,6 +403,11 @@ def _save_page_progress(
 FUTURE_TOLERANCE = timedelta(minutes=15)
 
 
+# The far-future time last logged per (provider, listing). Each poll lists
+# such an event again, so the WARNING is repeated only for a new time.
+_future_logged: dict[tuple[str, str], datetime] = {}
+
+
 def _capped_to_now(
     name: str, listing: str, newest: datetime, now: datetime
 ) -> datetime:
@@ -412,6 +417,9 @@ def _capped_to_now(
     event dated in the future would otherwise move it past every event still
     to come. Starting from this host's time instead only lists more again.
     """
+    if _future_logged.get((name, listing)) == newest:
+        return now
+    _future_logged[(name, listing)] = newest
     log.warning(
         "%s: listing %s has an event dated %s, %s ahead of this host's "
         "clock; the next poll starts from this host's time instead. Check "

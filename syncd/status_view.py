@@ -257,7 +257,8 @@ def _notes(providers: list[ProviderStatus], now: datetime) -> Iterable[str]:
             )
         for kind, run in (("poll", item.last_poll), ("reconcile", item.last_reconcile)):
             if run is not None and run["error"]:
-                yield f"{item.name}: last {kind} failed: {run['error']}"
+                ended = "stopped" if run["status"] == "stopped" else "failed"
+                yield f"{item.name}: last {kind} {ended}: {run['error']}"
         for gap in item.open_gaps:
             yield (
                 f"{item.name}: GAP {gap['listing']}: {gap['since']} to "

@@ -278,3 +278,20 @@ def test_rate_limit_wait_note() -> None:
 def test_format_age(seconds: float, text: str) -> None:
     """Ages read in their two largest units, minutes alone below an hour."""
     assert format_age(seconds) == text
+
+
+def test_stopped_run_note_says_stopped() -> None:
+    """A run that syncd's stop ended is noted as stopped, not failed."""
+    items = providers()
+    assert items[1].last_poll is not None
+    items[1].last_poll = {
+        **items[1].last_poll,
+        "status": "stopped",
+        "error": "syncd is stopping; the next start continues from the cursor",
+    }
+
+    lines = render(items).splitlines()
+
+    note = "shop: last poll stopped: syncd is stopping; the next start continues"
+    assert any(line.startswith(note) for line in lines)
+    assert not any("last poll failed" in line for line in lines)
