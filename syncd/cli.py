@@ -257,6 +257,14 @@ def reconcile(
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         reports = _reconcile_providers(runtime, providers, start, end, dry_run)
+    except KeyboardInterrupt as exc:
+        name = str(exc) or "SIGINT"
+        click.echo(
+            f"stopped by {name}: the pages stored so far are kept, the run is "
+            "recorded as stopped, and the next reconcile lists its window again",
+            err=True,
+        )
+        sys.exit(128 + signal.Signals[name])
     finally:
         signal.signal(signal.SIGTERM, previous)
     _print_reports(reports, runtime, as_json, dry_run)

@@ -1069,7 +1069,8 @@ def test_reconcile_sigterm_recorded_stopped(tmp_path: Path) -> None:
         (run,) = session.query(Run).all()
     store.dispose()
 
-    assert result.exit_code != 0
+    assert result.exit_code == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM: the pages stored so far are kept" in result.stderr
     assert run.status == "stopped"
     assert run.error == "interrupted (SIGTERM)"
     assert signal.getsignal(signal.SIGTERM) is before
