@@ -144,7 +144,7 @@ def run_listing(
         PageFetches(fetch_page, _next_request) as pages,
     ):
         while request is not None:
-            _check_not_seen(listing, request, seen)
+            check_not_seen(listing, request, seen)
             response, page = pages.get(request, validators if first is None else None)
             first = first or response
             if page is None:
@@ -171,7 +171,7 @@ def _next_request(fetched: tuple[httpx.Response, Page | None]) -> PageRequest | 
     return None if page is None else page.next
 
 
-def _check_not_seen(listing: str, request: PageRequest, seen: set[PageRequest]) -> None:
+def check_not_seen(listing: str, request: PageRequest, seen: set[PageRequest]) -> None:
     """Add ``request`` to ``seen``, or raise ResponseError if it is there already."""
     if request in seen:
         raise ResponseError(

@@ -21,14 +21,20 @@ from typing import Any
 import httpx
 from sqlalchemy import delete, select
 
-from connectors.base import Connector, Window
+from connectors.base import Connector, PageRequest, Window
 from syncd.errors import ProviderError, StoppingError, StoreUnavailableError
 from syncd.fetch import Fetcher
 from syncd.gaps import GapNotice, record_gap, resolve_gap
 from syncd.metrics import Metrics
 from syncd.models import Event, Run
 from syncd.pacing import RateBudgets
-from syncd.polling import RunReport, clamp_to_retention, poll_listing, run_listing
+from syncd.polling import (
+    RunReport,
+    check_not_seen,
+    clamp_to_retention,
+    poll_listing,
+    run_listing,
+)
 from syncd.rate_limit_state import clear_passed_block, save_rate_limit
 from syncd.store import Store, load_cursor, save_cursor
 from syncd.units import parse_time, to_utc_iso
@@ -259,7 +265,9 @@ class ProviderRunner:
         from syncd.store import WriteResult
 
         request = self.connector.first_request(listing, report.window)
+        seen: set[PageRequest] = set()
         while request is not None:
+            check_not_seen(listing, request, seen)
             page = self.connector.parse_page(listing, request, fetcher.fetch(request))
             keys = [record.key for record in page.records]
             with self.store.session() as session:

@@ -21,7 +21,7 @@ from syncd import config
 from syncd.cli import main
 from syncd.errors import ResponseError
 from syncd.models import Event, Quarantine
-from syncd.polling import _check_not_seen
+from syncd.polling import check_not_seen
 from syncd.queries import provider_status
 from syncd.reconcile import ProviderRunner
 from syncd.store import Store, load_cursor
@@ -233,7 +233,7 @@ def test_loop_message_hides_credentials() -> None:
     seen = {request}
 
     with pytest.raises(ResponseError) as raised:
-        _check_not_seen("items", request, seen)
+        check_not_seen("items", request, seen)
 
     message = str(raised.value)
     assert "/v2/items?api_key=***&accessToken=***&page=2" in message

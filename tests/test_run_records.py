@@ -19,6 +19,20 @@ from tests.e2e.support import T0, make_config
 
 API = "http://127.0.0.1:9"
 EMPTY_PAGE = {"object": "list", "data": [], "has_more": False}
+# One event, and more after it: the next request continues after evt_1.
+PAGE_WITH_MORE = {
+    "object": "list",
+    "data": [
+        {
+            "id": "evt_1",
+            "object": "event",
+            "type": "invoice.paid",
+            "created": T0 - 60,
+            "data": {"object": {"id": "in_1", "object": "invoice"}},
+        }
+    ],
+    "has_more": True,
+}
 
 
 def runs(store: Store) -> list[Run]:
@@ -155,22 +169,9 @@ def test_pending_end_left_after_timeout(
 def test_failed_run_counts_pages_stored(store: Store, kind: str) -> None:
     """A run that fails after storing pages records what it stored."""
     provider = make_config(store.url, API, webhooks=False, max_attempts=1)
-    first = {
-        "object": "list",
-        "data": [
-            {
-                "id": "evt_1",
-                "object": "event",
-                "type": "invoice.paid",
-                "created": T0 - 60,
-                "data": {"object": {"id": "in_1", "object": "invoice"}},
-            }
-        ],
-        "has_more": True,
-    }
     with httpx.Client() as client, respx.mock() as mock:
         mock.get(f"{API}/v1/events").mock(
-            side_effect=[httpx.Response(200, json=first), httpx.Response(401)]
+            side_effect=[httpx.Response(200, json=PAGE_WITH_MORE), httpx.Response(401)]
         )
         runner = ProviderRunner(
             store,
@@ -186,3 +187,17 @@ def test_failed_run_counts_pages_stored(store: Store, kind: str) -> None:
     assert run.listed == 1
     assert run.new == 1
     assert run.requests == 2
+
+
+def test_dry_run_stops_on_looping_pages(store: Store) -> None:
+    """A dry run ends on a listing whose next page is one it already read."""
+    with httpx.Client() as client, respx.mock() as mock:
+        route = mock.get(f"{API}/v1/events").mock(
+            return_value=httpx.Response(200, json=PAGE_WITH_MORE)
+        )
+        runner = runner_for(store, client, clock=lambda: T0)
+        report = runner.reconcile(dry_run=True, trigger="command")
+
+    assert not report.ok
+    assert "the provider's pagination loops" in (report.error or "")
+    assert route.call_count == 2
