@@ -253,7 +253,7 @@ def reconcile(
             "past time or a duration ago such as '6h'",
             param_hint="--since",
         )
-    # SIGTERM ends the run as Ctrl-C does, so that its record says stopped.
+    # SIGTERM ends the run as Ctrl-C does, so that it is recorded as stopped.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         reports = _reconcile_providers(runtime, providers, start, end, dry_run)

@@ -80,14 +80,12 @@ class RunReport:
         self.listed += len(listed)
         self.new += len(result.new)
         self.already += len(result.duplicates)
-        for name, records in (
-            ("listed", listed),
-            ("new", result.new),
-            ("already", result.duplicates),
-        ):
-            for kind, count in Counter(map(_TYPE_OF, records)).items():
-                counts = self.by_type.setdefault(kind, TypeCounts())
-                setattr(counts, name, getattr(counts, name) + count)
+        for kind, count in Counter(map(_TYPE_OF, listed)).items():
+            self.by_type.setdefault(kind, TypeCounts()).listed += count
+        for kind, count in Counter(map(_TYPE_OF, result.new)).items():
+            self.by_type[kind].new += count
+        for kind, count in Counter(map(_TYPE_OF, result.duplicates)).items():
+            self.by_type[kind].already += count
 
 
 _TYPE_OF = attrgetter("type")
@@ -369,8 +367,8 @@ def _drop_saved_page(
 ) -> None:
     """Forget the page a poll was to resume from, keeping the rest of the cursor.
 
-    Events of the pages already stored are listed again and counted as
-    duplicates, so nothing is lost.
+    The next poll starts from the high-water mark again, which the stored
+    pages did not move, so their events are listed again as duplicates.
     """
     state["next"] = None
     with store.session() as session:
@@ -391,8 +389,11 @@ def _save_page_progress(
     if page.next is None:
         seen_max = state.pop("seen_max")
         newest_seen = parse_time(seen_max) if seen_max else None
-        if newest_seen is not None and newest_seen - now > FUTURE_TOLERANCE:
-            newest_seen = _capped_to_now(name, listing, newest_seen, now)
+        if newest_seen is not None:
+            capped = _within_skew(newest_seen, now)
+            if capped != newest_seen:
+                _log_future_time(name, listing, newest_seen, now)
+            newest_seen = capped
         high_water = _later(state.get("high_water"), newest_seen)
         state.update(high_water=high_water, since=None)
     save_cursor(session, name, listing, state, now)
@@ -408,17 +409,20 @@ FUTURE_TOLERANCE = timedelta(minutes=15)
 _future_logged: dict[tuple[str, str], datetime] = {}
 
 
-def _capped_to_now(
-    name: str, listing: str, newest: datetime, now: datetime
-) -> datetime:
-    """Log an event time too far ahead of this host's clock, and return ``now``.
+def _within_skew(moment: datetime, now: datetime) -> datetime:
+    """Return ``moment``, or ``now`` when it is further ahead than clock skew.
 
-    The next poll starts ``lookback`` before the newest time seen, so one
+    The next poll starts ``lookback`` before the high-water mark, so one
     event dated in the future would otherwise move it past every event still
     to come. Starting from this host's time instead only lists more again.
     """
+    return now if moment - now > FUTURE_TOLERANCE else moment
+
+
+def _log_future_time(name: str, listing: str, newest: datetime, now: datetime) -> None:
+    """Log an event time too far ahead of this host's clock, once per time."""
     if _future_logged.get((name, listing)) == newest:
-        return now
+        return
     _future_logged[(name, listing)] = newest
     log.warning(
         "%s: listing %s has an event dated %s, %s ahead of this host's "
@@ -429,7 +433,6 @@ def _capped_to_now(
         to_utc_iso(newest),
         format_age((newest - now).total_seconds()),
     )
-    return now
 
 
 def _too_early(state: dict[str, Any], now: datetime) -> bool:
@@ -536,10 +539,9 @@ def _resume_or_begin(
         origin = _origin(settings.start_from, now)
     since = origin
     if state.get("high_water"):
-        high_water = parse_time(state["high_water"])
-        if high_water - now > FUTURE_TOLERANCE:
-            # Saved by an older syncd, or before this host's clock went back.
-            high_water = now
+        # A mark far ahead was saved by an older syncd, or before this host's
+        # clock went back.
+        high_water = _within_skew(parse_time(state["high_water"]), now)
         since = max(origin, high_water - settings.lookback)
     kept = {key: state[key] for key in _PACING_KEYS if key in state}
     state = {

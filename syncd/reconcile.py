@@ -306,16 +306,12 @@ class ProviderRunner:
         self._failed_on_store = False
         try:
             report = run()
-        except StoppingError as exc:
-            report, status = failed(), "stopped"
-            report.error = str(exc)
-        except StoreUnavailableError as exc:
+        except (ProviderError, StoreUnavailableError) as exc:
             report = failed()
             report.error = str(exc)
-            self._failed_on_store = True
-        except ProviderError as exc:
-            report = failed()
-            report.error = str(exc)
+            if isinstance(exc, StoppingError):
+                status = "stopped"
+            self._failed_on_store = isinstance(exc, StoreUnavailableError)
         else:
             if report.ok:
                 status = "ok"
@@ -410,10 +406,10 @@ class ProviderRunner:
         deadline = time.monotonic() + timeout
         while True:
             self._record_earlier_ends()
-            left = time.monotonic() - deadline
-            if not self._unrecorded_ends or left >= 0:
+            remaining = deadline - time.monotonic()
+            if not self._unrecorded_ends or remaining <= 0:
                 return [record_id for record_id, *_ in self._unrecorded_ends]
-            self.sleep(min(1.0, -left))
+            self.sleep(min(1.0, remaining))
 
     def _record_earlier_ends(self) -> None:
         """Record the ends of earlier runs that met a store outage, oldest first."""

@@ -1077,7 +1077,7 @@ def test_reconcile_sigterm_recorded_stopped(tmp_path: Path) -> None:
 
 
 def test_first_reconcile_explains_empty_window(tmp_path: Path) -> None:
-    """A first reconcile under start_from "now" says how to list older events."""
+    """A first reconcile under start_from "now" prints how to list older events."""
     config = write_local_config(tmp_path)
     empty = {"object": "list", "data": [], "has_more": False}
 

@@ -618,7 +618,7 @@ def test_database_path_under_file(tmp_path: Path) -> None:
 def test_database_path_with_tilde(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A database path starting with ~ says that syncd does not expand it."""
+    """A database path starting with ~ is reported as not expanded by syncd."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", "/home/someone")
     path = write_config(tmp_path, '[daemon]\ndatabase = "sqlite:///~/syncd.db"\n')

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -40,19 +41,27 @@ def metrics() -> Metrics:
     return Metrics()
 
 
+def stopping_runner_for(
+    store: Store, client: httpx.Client, metrics: Metrics, **options: Any
+) -> ProviderRunner:
+    """Return a runner whose waits between requests find syncd stopping."""
+    provider = settings(store.url).providers["payments"]
+    return ProviderRunner(
+        store,
+        StripeConnector(provider),
+        client,
+        metrics=metrics,
+        clock=lambda: T0,
+        sleep=stop_now,
+        **options,
+    )
+
+
 @pytest.fixture
 def stopping_runner(store: Store, metrics: Metrics) -> Iterator[ProviderRunner]:
     """A runner whose first wait between requests finds syncd stopping."""
-    provider = settings(store.url).providers["payments"]
     with httpx.Client() as client:
-        yield ProviderRunner(
-            store,
-            StripeConnector(provider),
-            client,
-            metrics=metrics,
-            clock=lambda: T0,
-            sleep=stop_now,
-        )
+        yield stopping_runner_for(store, client, metrics)
 
 
 def run_statuses(store: Store) -> list[tuple[str, str]]:
@@ -162,18 +171,9 @@ def test_stop_between_pages_ends_listing(store, metrics, kind):
         body = {"object": "list", "data": [event(number)], "has_more": number < 9}
         return httpx.Response(200, json=body)
 
-    provider = settings(store.url).providers["payments"]
     with httpx.Client() as client, respx.mock() as mock:
         mock.get(EVENTS_URL).mock(side_effect=pages)
-        runner = ProviderRunner(
-            store,
-            StripeConnector(provider),
-            client,
-            metrics=metrics,
-            clock=lambda: T0,
-            sleep=stop_now,
-            stopping=stop.is_set,
-        )
+        runner = stopping_runner_for(store, client, metrics, stopping=stop.is_set)
         if kind == "poll":
             (report,) = runner.poll()
         else:
